@@ -1,0 +1,44 @@
+"""Shared fixtures: an isolated home and cache per test session, tiny models, the real SmolLM2."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.tiny import FAMILIES, build_tiny_model, build_tokenizer
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """No network, and nothing written to the real home: HF caches and thinklens' cache live in tmp."""
+    home = tmp_path_factory.mktemp("home")
+    os.environ["HF_HOME"] = str(home / "hf")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    # The GGUF de-quantisation cache is shared by the session's tests (it takes ~15 s to build).
+    os.environ["THINKLENS_CACHE"] = str(home / "thinklens-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One saved random tiny model per family: {family: directory}."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    return {family: build_tiny_model(family, root / family) for family in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tokenizers(tmp_path_factory: pytest.TempPathFactory):
+    """Tiny tokenizers with the R1, Qwen3 and ChatML templates: {name: tokenizer}."""
+    root = tmp_path_factory.mktemp("tokenizers")
+    return {name: build_tokenizer(root / name, name) for name in ("r1", "qwen3", "chatml")}
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real embedded default model, loaded once per session."""
+    from thinklens.models.loader import ModelConfig, load_model
+
+    return load_model(ModelConfig(model="smollm2", device="cpu"))

@@ -1,0 +1,169 @@
+"""`thinklens`: one command, a sub-command per pipeline stage.
+
+The CLI parses options, builds the library's typed configs, calls the library and formats the
+result. User errors (`ThinklensError`, invalid settings) print one line and exit with code 2;
+`--debug` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import BaseModel, ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from thinklens import __version__
+from thinklens.errors import ThinklensError
+
+app = typer.Typer(
+    name="thinklens",
+    help="Open up reasoning language models with sparse autoencoders.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def describe(model: type[BaseModel], field: str) -> str:
+    """The one description of a config field, reused as the option's help."""
+    return model.model_fields[field].description or ""
+
+
+def user_errors(command: F) -> F:
+    """Turn user errors into one red line and exit code 2 (unless --debug)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except (ThinklensError, ValidationError) as exc:
+            if _state["debug"]:
+                raise
+            err_console.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _one_line(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        return f"invalid setting {where}: {problem['msg']}"
+    return str(exc)
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"thinklens {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks instead of one-line errors.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Open up reasoning language models with sparse autoencoders."""
+    _state["debug"] = debug
+
+
+# Imported here, after the app exists, so `thinklens --help` stays fast: the stage modules import
+# only light dependencies at module level and pull in torch/transformers when they run.
+from thinklens.data.collect import CollectConfig, GenerationConfig, collect  # noqa: E402
+from thinklens.data.segments import PrefixConfig  # noqa: E402
+from thinklens.data.traces import TraceStore, summarize_traces  # noqa: E402
+from thinklens.models.loader import ModelConfig  # noqa: E402
+from thinklens.rundir import record_stage, traces_dir  # noqa: E402
+
+
+@app.command("collect")
+@user_errors
+def collect_command(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory; traces go to OUT/traces.")],
+    model: Annotated[str, typer.Option("--model", "-m", help=describe(ModelConfig, "model"))] = "smollm2",
+    prompts: Annotated[str, typer.Option("--prompts", "-p", help=describe(CollectConfig, "prompts"))] = "arithmetic",
+    limit: Annotated[int | None, typer.Option("--limit", "-n", help=describe(CollectConfig, "limit"))] = None,
+    format: Annotated[str, typer.Option("--format", help=describe(CollectConfig, "format"))] = "auto",
+    forced_opening: Annotated[
+        str, typer.Option("--forced-opening", help=describe(CollectConfig, "forced_opening"))
+    ] = "",
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help=describe(GenerationConfig, "max_new_tokens"))
+    ] = 512,
+    greedy: Annotated[bool, typer.Option("--greedy", help=describe(GenerationConfig, "greedy"))] = False,
+    temperature: Annotated[float, typer.Option(help=describe(GenerationConfig, "temperature"))] = 0.6,
+    top_p: Annotated[float, typer.Option("--top-p", help=describe(GenerationConfig, "top_p"))] = 0.95,
+    seed: Annotated[int, typer.Option(help=describe(GenerationConfig, "seed"))] = 0,
+    batch_size: Annotated[int, typer.Option("--batch-size", help=describe(GenerationConfig, "batch_size"))] = 16,
+    prompt_seed: Annotated[int, typer.Option("--prompt-seed", help=describe(CollectConfig, "prompt_seed"))] = 0,
+    split: Annotated[str, typer.Option(help=describe(CollectConfig, "split"))] = "train",
+    import_traces: Annotated[
+        bool, typer.Option("--import-traces", help=describe(CollectConfig, "import_traces"))
+    ] = False,
+    prefix_pattern: Annotated[
+        str | None, typer.Option("--prefix-pattern", help=describe(PrefixConfig, "pattern"))
+    ] = None,
+    prefix_max_tokens: Annotated[
+        int, typer.Option("--prefix-max-tokens", help=describe(PrefixConfig, "max_tokens"))
+    ] = 48,
+    device: Annotated[str, typer.Option(help=describe(ModelConfig, "device"))] = "auto",
+    dtype: Annotated[str, typer.Option(help=describe(ModelConfig, "dtype"))] = "auto",
+    device_map: Annotated[str | None, typer.Option("--device-map", help=describe(ModelConfig, "device_map"))] = None,
+    revision: Annotated[str | None, typer.Option(help=describe(ModelConfig, "revision"))] = None,
+) -> None:
+    """Generate reasoning traces for a prompt set into OUT/traces (resumes; finished prompts are skipped)."""
+    prefix = PrefixConfig(max_tokens=prefix_max_tokens, **({"pattern": prefix_pattern} if prefix_pattern else {}))
+    config = CollectConfig(
+        model=ModelConfig(model=model, revision=revision, device=device, dtype=dtype, device_map=device_map),
+        prompts=prompts,
+        limit=limit,
+        prompt_seed=prompt_seed,
+        split=split,
+        format=format,
+        forced_opening=forced_opening,
+        prefix=prefix,
+        generation=GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            greedy=greedy,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            batch_size=batch_size,
+        ),
+        import_traces=import_traces,
+    )
+    result = collect(config, traces_dir(out))
+    record_stage(out, "collect", config.model_dump(mode="json"), {"format": result.format})
+    if result.n_written == 0:
+        console.print(f"nothing to do: all {result.n_prompts} traces are already in {result.traces_dir}")
+        return
+    summary = summarize_traces(TraceStore(result.traces_dir))
+    table = Table(title=f"collect → {result.traces_dir}", show_header=False)
+    table.add_row("traces written / skipped", f"{result.n_written} / {result.n_skipped}")
+    table.add_row("format", str(result.format))
+    table.add_row("generated tokens", f"{result.generated_tokens:,}")
+    table.add_row("tokens/s", f"{result.tokens_per_second:,.1f}")
+    table.add_row("traces in store", f"{summary['traces']:.0f}")
+    table.add_row("prefix matched", f"{summary['prefix_matched']:.0%}")
+    table.add_row("thinking closed", f"{summary['thinking_closed']:.0%}")
+    table.add_row("hit the token cap", f"{summary['hit_token_cap']:.0%}")
+    table.add_row("answers correct", f"{summary['accuracy']:.0%}")
+    console.print(table)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

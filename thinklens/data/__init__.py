@@ -1,0 +1,1 @@
+"""Prompt sets, trace collection and segmentation."""

@@ -1,0 +1,45 @@
+"""Atomic file writes: a temp file in the target's directory, renamed over the target on success.
+
+A crash or kill mid-write leaves at most a `.tmp-*` file beside the target, never a half-written
+target; readers therefore only ever see complete files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+TEMP_PREFIX = ".tmp-"
+
+
+@contextmanager
+def atomic_path(target: Path) -> Iterator[Path]:
+    """Yield a temp path to write; on clean exit it replaces `target` atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(dir=target.parent, prefix=TEMP_PREFIX + target.name + ".")
+    os.close(handle)
+    temp = Path(temp_name)
+    try:
+        yield temp
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_json_atomic(target: Path, data: Any) -> None:
+    """Write `data` as indented JSON to `target`, atomically."""
+    with atomic_path(target) as temp:
+        temp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def remove_stale_temps(directory: Path) -> int:
+    """Delete temp files a killed writer left in `directory`; returns how many."""
+    stale = list(directory.glob(TEMP_PREFIX + "*")) if directory.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)

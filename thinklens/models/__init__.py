@@ -1,0 +1,1 @@
+"""Load models, find their layers, and render reasoning chat formats."""

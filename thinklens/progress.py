@@ -1,0 +1,52 @@
+"""Progress display for long stages (Rich), usable from the library without the CLI."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class ProgressHandle:
+    """Advance a progress bar by items, and count tokens to show a tokens/s rate."""
+
+    def __init__(self, progress: Progress | None, task_id: int | None) -> None:
+        self._progress = progress
+        self._task_id = task_id
+        self._started = time.perf_counter()
+        self.tokens = 0
+
+    def advance(self, items: int = 1, tokens: int = 0) -> None:
+        self.tokens += tokens
+        if self._progress is None or self._task_id is None:
+            return
+        elapsed = max(time.perf_counter() - self._started, 1e-9)
+        self._progress.update(self._task_id, advance=items, rate=f"{self.tokens / elapsed:,.0f} tok/s")
+
+
+@contextmanager
+def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[ProgressHandle]:
+    """A Rich progress bar with items done/total, tokens/s, elapsed and remaining time."""
+    if not enabled:
+        yield ProgressHandle(None, None)
+        return
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as progress:
+        task_id = progress.add_task(description, total=total, rate="")
+        yield ProgressHandle(progress, task_id)
