@@ -98,8 +98,8 @@ def collect_command(
     limit: Annotated[int | None, typer.Option("--limit", "-n", help=describe(CollectConfig, "limit"))] = None,
     format: Annotated[str, typer.Option("--format", help=describe(CollectConfig, "format"))] = "auto",
     forced_opening: Annotated[
-        str, typer.Option("--forced-opening", help=describe(CollectConfig, "forced_opening"))
-    ] = "",
+        str | None, typer.Option("--forced-opening", help=describe(CollectConfig, "forced_opening"))
+    ] = None,
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", help=describe(GenerationConfig, "max_new_tokens"))
     ] = 512,
@@ -107,7 +107,7 @@ def collect_command(
     temperature: Annotated[float, typer.Option(help=describe(GenerationConfig, "temperature"))] = 0.6,
     top_p: Annotated[float, typer.Option("--top-p", help=describe(GenerationConfig, "top_p"))] = 0.95,
     seed: Annotated[int, typer.Option(help=describe(GenerationConfig, "seed"))] = 0,
-    batch_size: Annotated[int, typer.Option("--batch-size", help=describe(GenerationConfig, "batch_size"))] = 16,
+    batch_size: Annotated[int, typer.Option("--batch-size", help=describe(GenerationConfig, "batch_size"))] = 32,
     prompt_seed: Annotated[int, typer.Option("--prompt-seed", help=describe(CollectConfig, "prompt_seed"))] = 0,
     split: Annotated[str, typer.Option(help=describe(CollectConfig, "split"))] = "train",
     import_traces: Annotated[
@@ -167,3 +167,7 @@ def collect_command(
 def main() -> None:
     """Console entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

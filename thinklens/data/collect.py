@@ -36,7 +36,7 @@ class GenerationConfig(BaseModel):
     temperature: float = Field(default=0.6, gt=0, description="Sampling temperature (reasoning-model default 0.6).")
     top_p: float = Field(default=0.95, gt=0, le=1, description="Nucleus sampling mass (reasoning-model default 0.95).")
     seed: int = Field(default=0, description="Seed of the sampler; each batch derives its own from it.")
-    batch_size: int = Field(default=16, ge=1, description="Prompts generated together.")
+    batch_size: int = Field(default=32, ge=1, description="Prompts generated together.")
 
 
 class CollectConfig(BaseModel):
@@ -55,7 +55,10 @@ class CollectConfig(BaseModel):
     format: Literal["auto", "r1", "qwen3", "think"] = Field(
         default="auto", description="Reasoning format; 'auto' detects it from the tokenizer."
     )
-    forced_opening: str = Field(default="", description="Text placed after <think> before generation (e.g. 'Okay, so').")
+    forced_opening: str | None = Field(
+        default=None,
+        description="Text placed after <think> before generation; default 'Okay, so' for the think format, none otherwise.",
+    )
     prefix: PrefixConfig = Field(default_factory=PrefixConfig, description="How the opening prefix is found.")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Sampling settings.")
     import_traces: bool = Field(

@@ -33,7 +33,7 @@ PROMPT, PREFIX, THINKING, ANSWER = range(4)
 
 DEFAULT_PREFIX_PATTERN = (
     r"(?:Okay|OK|Ok|Alright|All right|So|Hmm+|Well|Let me|Let's|First)\b"
-    r"[^\n]*?(?:[.!?](?=\s|$)|(?=\n)|$)"
+    r"[^\n]*?(?:[.!?](?=\s|$|<)|(?=\n)|$)"
 )
 
 
@@ -121,6 +121,13 @@ def token_char_spans(tokenizer: Any, token_ids: Sequence[int]) -> tuple[str, lis
         pieces.append(delta)
         spans.append((length, length + len(delta)))
         length += len(delta)
+    # Tokens that never completed a character (invalid bytes at the very end) decode to U+FFFD: the
+    # last token carries whatever the pending window decodes to, so the text equals a plain decode.
+    tail = tokenizer.decode(token_ids[window_start:], skip_special_tokens=False)[len(emitted) :] if spans else ""
+    if tail:
+        pieces.append(tail)
+        last_start, _ = spans[-1]
+        spans[-1] = (last_start if last_start < length else length, length + len(tail))
     return "".join(pieces), spans
 
 

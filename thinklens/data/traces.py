@@ -22,7 +22,7 @@ from thinklens.errors import ThinklensError
 from thinklens.files import atomic_path, remove_stale_temps, write_json_atomic
 
 TRACES_FORMAT_VERSION = 1
-META_FILE = "meta.json"
+META_FILE = "_meta.json"  # leading underscore: Parquet dataset readers skip it
 
 TRACE_SCHEMA = pa.schema(
     [

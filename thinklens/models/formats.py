@@ -4,8 +4,9 @@
   `<think>\\n` (older templates did not; we add it), so the model starts inside the thinking.
 - `qwen3`: Qwen3 in thinking mode (and QwQ-style models). The model writes `<think>` itself.
 - `think`: any instruct model that is not a reasoning model. A system message asks for reasoning
-  inside `<think>…</think>` and then an answer; generation starts inside the think block, optionally
-  after a forced opening such as "Okay, so".
+  inside `<think>…</think>` and then an answer; generation starts inside the think block after a
+  forced opening, "Okay, so" by default: instruct models do not write the reasoning models' opening
+  by themselves, and without it their traces have no prefix to study or to steer after.
 
 `detect_format` picks one from the tokenizer's chat template and special tokens.
 """
@@ -21,6 +22,7 @@ from thinklens.errors import ThinklensError
 FormatName = Literal["r1", "qwen3", "think"]
 FORMAT_NAMES: tuple[str, ...] = ("r1", "qwen3", "think")
 
+THINK_FORCED_OPENING = "Okay, so"
 THINK_INSTRUCTION = (
     "You are a careful assistant. First think step by step inside <think> and </think> tags. "
     "After </think>, give the final answer on its own line."
@@ -46,10 +48,12 @@ class ReasoningFormat(BaseModel):
         return self.name != "qwen3"
 
 
-def make_format(name: str, forced_opening: str = "", system_prompt: str | None = None) -> ReasoningFormat:
-    """A format by name, with the `think` instruction as default system prompt."""
+def make_format(name: str, forced_opening: str | None = None, system_prompt: str | None = None) -> ReasoningFormat:
+    """A format by name; `think` defaults to its instruction and to the forced opening "Okay, so"."""
     if name not in FORMAT_NAMES:
         raise ThinklensError(f"unknown reasoning format '{name}': use one of {', '.join(FORMAT_NAMES)}")
+    if forced_opening is None:
+        forced_opening = THINK_FORCED_OPENING if name == "think" else ""
     if forced_opening and name == "qwen3":
         raise ThinklensError("a forced opening needs a format whose prompt opens the thinking: use --format r1 or think")
     if name == "think" and system_prompt is None:
