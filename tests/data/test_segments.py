@@ -25,9 +25,9 @@ def _trace(tokenizer, fmt, completion: str, question: str = QUESTION):
     return prompt_ids + completion_ids, len(prompt_ids)
 
 
-def _segment_texts(tokenizer, fmt, completion, prefix=PrefixConfig(), question=QUESTION):
+def _segment_texts(tokenizer, fmt, completion, prefix: PrefixConfig | None = None, question=QUESTION):
     ids, start = _trace(tokenizer, fmt, completion, question)
-    trace = segment_trace(tokenizer, ids, start, fmt, prefix)
+    trace = segment_trace(tokenizer, ids, start, fmt, prefix or PrefixConfig())
     labels = trace.segments.labels()
     texts = {
         name: tokenizer.decode([t for t, code in zip(ids, labels, strict=True) if code == value])

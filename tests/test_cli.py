@@ -1,0 +1,114 @@
+"""The CLI through Typer's runner: exit codes, one-line errors, and the collect command end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from thinklens.cli import app
+from thinklens.data.traces import TraceStore
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _invoke(*args: str):
+    return runner.invoke(app, list(args), env={"COLUMNS": "200"})
+
+
+def _error_line(result) -> str:
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one error line, got: {result.output!r}"
+    return lines[0]
+
+
+def test_version_and_help():
+    assert _invoke("--version").exit_code == 0
+    result = _invoke("collect", "--help")
+    assert result.exit_code == 0 and "--max-new-tokens" in result.output
+
+
+def test_unknown_model_is_one_line_exit_2(tmp_path):
+    result = _invoke("collect", "--model", "no such model", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    assert _error_line(result).startswith("error: unknown model spec 'no such model': use 'smollm2'")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "does not exist"),
+        ("", "empty"),
+        ('{"title": "x", "body": "y"}\n', "title"),  # columns it cannot map: the message names them
+    ],
+)
+def test_bad_prompt_files_are_one_line_exit_2(tmp_path, content, message):
+    path = tmp_path / "prompts.jsonl"
+    if content is not None:
+        path.write_text(content)
+    result = _invoke("collect", "--prompts", str(path), "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    line = _error_line(result)
+    assert line.startswith("error:") and message in line
+
+
+def test_invalid_setting_is_one_line(tmp_path):
+    result = _invoke("collect", "--format", "o1", "--out", str(tmp_path / "run"))
+    assert result.exit_code == 2
+    assert _error_line(result).startswith("error: invalid setting format:")
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = runner.invoke(app, ["--debug", "collect", "--model", "no such model", "--out", str(tmp_path)])
+    assert result.exit_code != 0 and result.exception is not None
+    assert type(result.exception).__name__ == "ThinklensError"
+
+
+@pytest.mark.integration
+def test_collect_writes_traces_records_the_run_and_refuses_another(tiny_models, tmp_path):
+    run = tmp_path / "run"
+    common = ["collect", "--model", str(tiny_models["qwen3"]), "--limit", "3", "--max-new-tokens", "8", "--out", str(run)]
+    first = _invoke(*common)
+    assert first.exit_code == 0, first.output
+    assert "traces written / skipped" in first.output and "3 / 0" in first.output
+    assert len(TraceStore(run / "traces")) == 3
+    record = yaml.safe_load((run / "run.yaml").read_text())
+    assert record["stages"]["collect"]["asked"]["limit"] == 3
+    assert record["stages"]["collect"]["resolved"]["format"] == "qwen3"
+
+    again = _invoke(*common)
+    assert again.exit_code == 0 and "nothing to do: all 3 traces are already in" in again.output
+
+    meta_before = (run / "traces" / "_meta.json").read_text()
+    other = _invoke(*common, "--temperature", "1.0")
+    assert other.exit_code == 2
+    assert "holds traces of another run" in _error_line(other)
+    assert (run / "traces" / "_meta.json").read_text() == meta_before
+    assert json.loads(meta_before)["identity"]["generation"]["temperature"] == 0.6
+
+
+def test_readme_cli_reference_is_current():
+    spec = importlib.util.spec_from_file_location("cli_reference", ROOT / "scripts" / "cli_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.current_block((ROOT / "README.md").read_text()) == module.render(), "run `make docs`"
+
+
+def test_import_thinklens_is_quiet_and_light():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, thinklens; heavy = ('torch', 'transformers'); print(sorted(m for m in heavy if m in sys.modules)); "
+        "import thinklens.cli; print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stderr == ""
+    package, cli = result.stdout.splitlines()
+    assert package == "[]"
+    assert "transformers" not in cli, "the CLI must not import transformers before a command runs"
