@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.tiny import FAMILIES, build_tiny_model, build_tokenizer
 
-
-@pytest.fixture(scope="session", autouse=True)
-def isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """No network, and nothing written to the real home: HF caches and thinklens' cache live in tmp."""
-    home = tmp_path_factory.mktemp("home")
-    os.environ["HF_HOME"] = str(home / "hf")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
-    os.environ["TRANSFORMERS_OFFLINE"] = "1"
-    # The GGUF de-quantisation cache is shared by the session's tests (it takes ~15 s to build).
-    os.environ["THINKLENS_CACHE"] = str(home / "thinklens-cache")
+# Set before any test module imports `datasets` or `transformers`, which read these at import time:
+# no network, and nothing written to the real home (HF caches and thinklens' cache live in tmp).
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="thinklens-tests-"))
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
+os.environ["HF_HOME"] = str(_SESSION_HOME / "hf")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# The GGUF de-quantisation cache is shared by the session's tests (it takes ~15 s to build).
+os.environ["THINKLENS_CACHE"] = str(_SESSION_HOME / "thinklens-cache")
 
 
 @pytest.fixture(scope="session")

@@ -90,8 +90,13 @@ class CollectResult:
         return self.generated_tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-def collect(config: CollectConfig, traces_dir: Path, show_progress: bool = True) -> CollectResult:
-    """Generate (or import) traces for every prompt not yet in `traces_dir`."""
+def collect(
+    config: CollectConfig, traces_dir: Path, show_progress: bool = True, loaded: LoadedModel | None = None
+) -> CollectResult:
+    """Generate (or import) traces for every prompt not yet in `traces_dir`.
+
+    `loaded` reuses a model already in memory (it must be the one `config.model` names).
+    """
     started = time.perf_counter()
     prompts = load_prompts(config.prompts, limit=config.limit, seed=config.prompt_seed, split=config.split)
     store = TraceStore(traces_dir)
@@ -103,7 +108,7 @@ def collect(config: CollectConfig, traces_dir: Path, show_progress: bool = True)
     if config.import_traces:
         return _import(config, store, prompts, todo, started, show_progress)
 
-    loaded = load_model(config.model)
+    loaded = loaded or load_model(config.model)
     fmt = resolve_format(loaded.tokenizer, config)
     batch_size = config.generation.batch_size
     tokens = 0
