@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from thinklens.data.answers import answers_match, extract_answer
@@ -22,6 +21,7 @@ from thinklens.data.segments import PrefixConfig, segment_trace
 from thinklens.data.traces import TraceStore
 from thinklens.errors import ThinklensError
 from thinklens.models.formats import ReasoningFormat, detect_format, make_format, render_prompt
+from thinklens.models.generate import Sampling, generate
 from thinklens.models.loader import LoadedModel, ModelConfig, load_model, load_tokenizer
 from thinklens.progress import progress_bar
 
@@ -138,33 +138,22 @@ def generate_batch(
     rendered = [render_prompt(tokenizer, fmt, record.prompt) for record in batch]
     tokenizer.padding_side = "left"  # decoder-only generation continues from the right edge
     encoded = tokenizer(rendered, add_special_tokens=False, padding=True, return_tensors="pt").to(loaded.device)
-    eos_ids = _eos_token_ids(loaded)
-    sampling = {} if generation.greedy else {"temperature": generation.temperature, "top_p": generation.top_p}
-    with torch.random.fork_rng(devices=[loaded.device] if loaded.device.type == "cuda" else []), torch.inference_mode():
-        # Same seed for a prompt whatever batch a resumed run puts it in first.
-        torch.manual_seed(generation.seed * 1_000_003 + batch[0].sequence_id)
-        output = model.generate(
-            **encoded,
-            max_new_tokens=generation.max_new_tokens,
-            do_sample=not generation.greedy,
-            top_k=None,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=eos_ids,
-            **sampling,
-        )
-    width = encoded["input_ids"].shape[1]
-    rows, generated_tokens = [], 0
-    for i, record in enumerate(batch):
+    completions = generate(
+        model,
+        encoded["input_ids"],
+        encoded["attention_mask"],
+        max_new_tokens=generation.max_new_tokens,
+        eos_token_ids=_eos_token_ids(loaded),
+        sampling=Sampling(greedy=generation.greedy, temperature=generation.temperature, top_p=generation.top_p),
+        # Seeded by the batch's first prompt: a resumed run gives a batch the seed it had before.
+        seed=generation.seed * 1_000_003 + batch[0].sequence_id,
+    )
+    rows = []
+    for i, (record, completion) in enumerate(zip(batch, completions, strict=True)):
         prompt_ids = encoded["input_ids"][i][encoded["attention_mask"][i].bool()].tolist()
-        completion_ids = output[i, width:].tolist()
-        finish_reason = "length"
-        for position, token in enumerate(completion_ids):
-            if token in eos_ids:
-                completion_ids, finish_reason = completion_ids[: position + 1], "eos"
-                break
-        generated_tokens += len(completion_ids)
-        rows.append(trace_row(tokenizer, fmt, config.prefix, record, prompt_ids, completion_ids, finish_reason))
-    return rows, generated_tokens
+        row = trace_row(tokenizer, fmt, config.prefix, record, prompt_ids, completion.token_ids, completion.finish_reason)
+        rows.append(row)
+    return rows, sum(len(completion.token_ids) for completion in completions)
 
 
 def trace_row(

@@ -1,0 +1,95 @@
+"""Batched generation with the KV cache that drops finished sequences as it goes.
+
+`transformers`' `generate` keeps every row of a batch until the longest one finishes, so one trace
+that runs to the token cap makes the whole batch pay for it. Reasoning traces vary wildly in length,
+so here a row leaves the batch (and the KV cache) the step it emits EOS: later steps cost what the
+rows still running cost. The loop is also where steering hooks will see each generated position.
+
+Sampling is seeded through a private `torch.Generator`: nothing global is touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Greedy decoding, or temperature + nucleus (top-p) sampling."""
+
+    greedy: bool = False
+    temperature: float = 0.6
+    top_p: float = 0.95
+
+
+@dataclass
+class Generated:
+    """One row's completion: its token ids and why it stopped ('eos' or 'length')."""
+
+    token_ids: list[int]
+    finish_reason: str
+
+
+def next_tokens(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
+    """Pick one token per row from last-position logits (n_rows, vocab)."""
+    if sampling.greedy:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / sampling.temperature, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    # Keep the smallest set of top tokens whose mass reaches top_p (the first token always stays).
+    outside = sorted_probs.cumsum(dim=-1) - sorted_probs > sampling.top_p
+    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
+    picked = torch.multinomial(sorted_probs, num_samples=1, generator=generator)  # (n_rows, 1)
+    return order.gather(-1, picked).squeeze(-1)
+
+
+@torch.inference_mode()
+def generate(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    eos_token_ids: Sequence[int],
+    sampling: Sampling = Sampling(),
+    seed: int = 0,
+) -> list[Generated]:
+    """Continue each left-padded row of `input_ids` (batch, width) until EOS or `max_new_tokens`."""
+    from transformers import DynamicCache
+
+    device = input_ids.device
+    generator = None if sampling.greedy else torch.Generator(device=device).manual_seed(seed)
+    eos = torch.tensor(sorted(set(eos_token_ids)), device=device)
+    completions: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    finish = ["length"] * input_ids.shape[0]
+    rows = torch.arange(input_ids.shape[0], device=device)  # original index of each row still running
+    cache = DynamicCache()
+    mask = attention_mask
+    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
+    output = model(
+        input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        use_cache=True, logits_to_keep=1,
+    )
+    last_position = positions[:, -1]
+    for step in range(max_new_tokens):
+        tokens = next_tokens(output.logits[:, -1, :], sampling, generator)
+        for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
+            completions[row].append(token)
+        done = torch.isin(tokens, eos)
+        for row in rows[done].tolist():
+            finish[row] = "eos"
+        if done.all() or step == max_new_tokens - 1:
+            break
+        if done.any():
+            keep = (~done).nonzero().squeeze(-1)
+            cache.batch_select_indices(keep)
+            rows, tokens, mask, last_position = rows[keep], tokens[keep], mask[keep], last_position[keep]
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
+        last_position = last_position + 1
+        output = model(
+            input_ids=tokens[:, None], attention_mask=mask, position_ids=last_position[:, None],
+            past_key_values=cache, use_cache=True,
+        )
+    return [Generated(ids, reason) for ids, reason in zip(completions, finish, strict=True)]
