@@ -82,11 +82,13 @@ def main_options(
 
 # Imported here, after the app exists, so `thinklens --help` stays fast: the stage modules import
 # only light dependencies at module level and pull in torch/transformers when they run.
+from thinklens.activations.harvest import HarvestConfig, harvest  # noqa: E402
+from thinklens.activations.store import ActivationStore  # noqa: E402
 from thinklens.data.collect import CollectConfig, GenerationConfig, collect  # noqa: E402
 from thinklens.data.segments import PrefixConfig  # noqa: E402
 from thinklens.data.traces import TraceStore, summarize_traces  # noqa: E402
 from thinklens.models.loader import ModelConfig  # noqa: E402
-from thinklens.rundir import record_stage, traces_dir  # noqa: E402
+from thinklens.rundir import activations_dir, record_stage, traces_dir  # noqa: E402
 
 
 @app.command("collect")
@@ -161,6 +163,41 @@ def collect_command(
     table.add_row("thinking closed", f"{summary['thinking_closed']:.0%}")
     table.add_row("hit the token cap", f"{summary['hit_token_cap']:.0%}")
     table.add_row("answers correct", f"{summary['accuracy']:.0%}")
+    console.print(table)
+
+
+@app.command("harvest")
+@user_errors
+def harvest_command(
+    run: Annotated[Path, typer.Argument(help="Run directory holding traces/ (from `thinklens collect`).")],
+    layer: Annotated[list[int], typer.Option("--layer", "-l", help=describe(HarvestConfig, "layers") + " Repeat for several.")],
+    dtype: Annotated[str, typer.Option(help=describe(HarvestConfig, "dtype"))] = "auto",
+    shard_tokens: Annotated[int, typer.Option("--shard-tokens", help=describe(HarvestConfig, "shard_tokens"))] = 32768,
+    batch_tokens: Annotated[int, typer.Option("--batch-tokens", help=describe(HarvestConfig, "batch_tokens"))] = 8192,
+    massive_ratio: Annotated[float, typer.Option("--massive-ratio", help=describe(HarvestConfig, "massive_ratio"))] = 5.0,
+    device: Annotated[str, typer.Option(help=describe(ModelConfig, "device"))] = "auto",
+) -> None:
+    """Capture the residual stream of LAYER(s) over RUN/traces into RUN/activations (resumes)."""
+    collected = TraceStore(traces_dir(run)).meta()
+    model = None
+    if collected is not None and device != "auto":
+        model = ModelConfig(**collected["identity"]["model"], device=device)
+    config = HarvestConfig(
+        layers=tuple(layer), dtype=dtype, shard_tokens=shard_tokens, batch_tokens=batch_tokens,
+        massive_ratio=massive_ratio, model=model,
+    )
+    result = harvest(config, traces_dir(run), activations_dir(run))
+    record_stage(run, "harvest", config.model_dump(mode="json"), {"tokens": result.token_count})
+    if result.shards_written == 0:
+        console.print(f"nothing to do: {result.activations_dir} already holds all {result.token_count:,} tokens")
+        return
+    index = ActivationStore(result.activations_dir).index(["special", "massive"]).to_pydict()
+    table = Table(title=f"harvest → {result.activations_dir}", show_header=False)
+    table.add_row("shards written / skipped", f"{result.shards_written} / {result.shards_skipped}")
+    table.add_row("tokens in store", f"{result.token_count:,}")
+    table.add_row("tokens/s", f"{result.tokens_per_second:,.0f}")
+    table.add_row("special / template tokens", f"{sum(index['special']):,}")
+    table.add_row("massive-activation tokens", f"{sum(index['massive']):,} (excluded from training by default)")
     console.print(table)
 
 

@@ -21,6 +21,10 @@ def traces_dir(run: Path) -> Path:
     return Path(run) / "traces"
 
 
+def activations_dir(run: Path) -> Path:
+    return Path(run) / "activations"
+
+
 def record_stage(run: Path, stage: str, asked: dict[str, Any], resolved: dict[str, Any]) -> Path:
     """Write what a stage was asked and what it resolved to under `stage:` in RUN/run.yaml."""
     path = Path(run) / RUN_YAML

@@ -1,0 +1,299 @@
+"""Harvest: teacher-forced forward passes over the traces, residual streams into the store.
+
+The stage reads as a short loop: plan the shards → claim the store → for each shard not yet
+complete: read its traces, run length-sorted padded batches to the last needed layer, place each
+sequence's rows, then hand the shard to a writer thread (files, then manifest) while the next
+shard computes.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from thinklens.activations.capture import run_to_layers
+from thinklens.activations.store import (
+    INDEX_SCHEMA,
+    STORE_FORMAT_VERSION,
+    ActivationStore,
+    ShardInfo,
+    to_storage,
+)
+from thinklens.data.segments import PROMPT, Segments, token_char_spans
+from thinklens.data.traces import TraceStore
+from thinklens.errors import ThinklensError
+from thinklens.models.layers import n_layers
+from thinklens.models.loader import LoadedModel, ModelConfig, load_model
+from thinklens.progress import progress_bar
+
+_TRACE_COLUMNS = [
+    "sequence_id", "prompt", "token_ids", "n_tokens", "generation_start", "prompt_end",
+    "prefix_start", "prefix_end", "thinking_end", "format",
+]
+
+
+class HarvestConfig(BaseModel):
+    """Which layers to capture and how to lay them out on disk."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    layers: tuple[int, ...] = Field(description="Layers whose residual stream (after the block) is captured.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="Storage dtype; 'auto' keeps the model's dtype."
+    )
+    shard_tokens: int = Field(default=32768, ge=1, description="Capacity of a shard in tokens (whole sequences).")
+    batch_tokens: int = Field(default=8192, ge=1, description="Padded tokens per forward batch.")
+    massive_ratio: float = Field(
+        default=5.0, gt=1, description="A token is flagged massive when its norm exceeds this × its sequence's median."
+    )
+    model: ModelConfig | None = Field(default=None, description="Model override; default: the model of the traces.")
+
+
+@dataclass
+class HarvestResult:
+    activations_dir: Path
+    shards_written: int
+    shards_skipped: int
+    tokens_written: int
+    token_count: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens_written / self.seconds if self.seconds > 0 else 0.0
+
+
+def plan_shards(sequence_ids: list[int], lengths: list[int], shard_tokens: int) -> list[ShardInfo]:
+    """Pack whole sequences, in order, into shards of at most `shard_tokens` rows (a longer sequence alone)."""
+    shards: list[ShardInfo] = []
+    first, rows, first_row = 0, 0, 0
+    for position, length in enumerate(lengths):
+        if rows and rows + length > shard_tokens:
+            shards.append(ShardInfo(len(shards), first_row, rows, sequence_ids[first], sequence_ids[position - 1]))
+            first, first_row, rows = position, first_row + rows, 0
+        rows += length
+    if rows:
+        shards.append(ShardInfo(len(shards), first_row, rows, sequence_ids[first], sequence_ids[-1]))
+    return shards
+
+
+def harvest(
+    config: HarvestConfig,
+    traces_dir: Path,
+    activations_dir: Path,
+    show_progress: bool = True,
+    loaded: LoadedModel | None = None,
+) -> HarvestResult:
+    """Capture `config.layers` for every trace in `traces_dir` into `activations_dir` (resumable)."""
+    started = time.perf_counter()
+    traces = TraceStore(traces_dir)
+    trace_meta = traces.meta()
+    if trace_meta is None or not traces.parts():
+        raise ThinklensError(f"no traces in {traces_dir}: run `thinklens collect --out {Path(traces_dir).parent}` first")
+    model_config = config.model or ModelConfig(**trace_meta["identity"]["model"])
+    lengths = traces.read(["sequence_id", "n_tokens"]).to_pydict()
+    plan = plan_shards(lengths["sequence_id"], lengths["n_tokens"], config.shard_tokens)
+
+    store = ActivationStore(activations_dir)
+    identity = {
+        "model": model_config.model,
+        "revision": model_config.revision,
+        "layers": sorted(config.layers),
+        "dtype": config.dtype,
+        "shard_tokens": config.shard_tokens,
+        "massive_ratio": config.massive_ratio,
+        "traces": trace_meta["identity"],
+    }
+    done = _claim(store, identity, plan)
+    todo = [shard for shard in plan if shard.shard >= len(done)]
+    if not todo:
+        return HarvestResult(store.directory, 0, len(plan), 0, store.token_count, time.perf_counter() - started)
+
+    loaded = loaded or load_model(model_config)
+    layers = sorted({layer % n_layers(loaded.model) for layer in config.layers})
+    if layers != sorted(config.layers):
+        raise ThinklensError(f"give layers as 0..{n_layers(loaded.model) - 1} (got {list(config.layers)})")
+    manifest = _manifest(store, identity, loaded, config, trace_meta, done)
+    special_ids = set(loaded.tokenizer.all_special_ids)
+    written = 0
+    with ThreadPoolExecutor(max_workers=1) as writer, progress_bar(
+        "harvest", total=sum(shard.rows for shard in plan), enabled=show_progress
+    ) as bar:
+        bar.advance(sum(shard.rows for shard in done))
+        pending: Future[None] | None = None
+        for shard in todo:
+            arrays, index = _compute_shard(shard, traces_dir, loaded, layers, config, manifest["dtype"], special_ids)
+            if pending is not None:
+                pending.result()  # at most one shard waits on disk while the next one computes
+            pending = writer.submit(_commit_shard, store, manifest, shard, arrays, index)
+            written += shard.rows
+            bar.advance(shard.rows, tokens=shard.rows)
+        if pending is not None:
+            pending.result()
+    manifest["complete"] = True
+    store.write_manifest(manifest)
+    seconds = time.perf_counter() - started
+    return HarvestResult(store.directory, len(todo), len(plan) - len(todo), written, store.token_count, seconds)
+
+
+def _claim(store: ActivationStore, identity: dict[str, Any], plan: list[ShardInfo]) -> list[ShardInfo]:
+    """Completed shards of a store harvested with the same identity; refuse any other store."""
+    if not store.exists():
+        if store.directory.is_dir() and any(store.directory.iterdir()):
+            raise ThinklensError(f"{store.directory} is not empty and has no manifest: use another run or remove it")
+        return []
+    manifest = store.manifest()
+    theirs = manifest.get("identity", {})
+    differing = [key for key in sorted(set(theirs) | set(identity)) if theirs.get(key) != identity.get(key)]
+    if differing:
+        key = differing[0]
+        raise ThinklensError(
+            f"{store.directory} holds activations of another harvest ({key}: {theirs.get(key)!r}, asked "
+            f"{identity.get(key)!r}): remove {store.directory} or harvest into another run"
+        )
+    done = store.shards()
+    if done != plan[: len(done)]:
+        raise ThinklensError(f"the traces changed since {store.directory} was harvested: remove {store.directory}")
+    store.remove_stale_temps()
+    return done
+
+
+def _manifest(
+    store: ActivationStore,
+    identity: dict[str, Any],
+    loaded: LoadedModel,
+    config: HarvestConfig,
+    trace_meta: dict[str, Any],
+    done: list[ShardInfo],
+) -> dict[str, Any]:
+    model_dtype = str(loaded.model.dtype).removeprefix("torch.")
+    hidden = getattr(loaded.model.config, "text_config", None) or loaded.model.config
+    manifest = {
+        "format_version": STORE_FORMAT_VERSION,
+        "identity": identity,
+        "model": loaded.spec.location if loaded.spec.kind == "hub" else loaded.config.model,
+        "model_fingerprint": loaded.fingerprint,
+        "revision": loaded.config.revision,
+        "layers": identity["layers"],
+        "names": [f"layers.{layer}.resid_post" for layer in identity["layers"]],
+        "d_model": int(hidden.hidden_size),
+        "dtype": model_dtype if config.dtype == "auto" else config.dtype,
+        "chat_format": trace_meta["identity"].get("format"),
+        "arguments": config.model_dump(mode="json"),
+        "shards": [shard.__dict__ for shard in done],
+        "complete": False,
+    }
+    store.directory.mkdir(parents=True, exist_ok=True)
+    store.write_manifest(manifest)
+    return manifest
+
+
+def _commit_shard(
+    store: ActivationStore, manifest: dict[str, Any], shard: ShardInfo, arrays: dict[int, np.ndarray], index: pa.Table
+) -> None:
+    """Runs on the writer thread: shard files first, then the manifest that makes them count."""
+    store.write_shard_files(shard.shard, arrays, index)
+    manifest["shards"].append(shard.__dict__)
+    store.write_manifest(manifest)
+
+
+def _compute_shard(
+    shard: ShardInfo,
+    traces_dir: Path,
+    loaded: LoadedModel,
+    layers: list[int],
+    config: HarvestConfig,
+    dtype: str,
+    special_ids: set[int],
+) -> tuple[dict[int, np.ndarray], pa.Table]:
+    """Forward the shard's sequences and return its per-layer arrays and its token index."""
+    dataset = ds.dataset(str(traces_dir), format="parquet")
+    in_shard = (ds.field("sequence_id") >= shard.first_sequence) & (ds.field("sequence_id") <= shard.last_sequence)
+    rows = dataset.to_table(columns=_TRACE_COLUMNS, filter=in_shard).sort_by("sequence_id").to_pylist()
+    offsets = np.cumsum([0] + [row["n_tokens"] for row in rows])
+    d_model = int(getattr(loaded.model.config, "text_config", loaded.model.config).hidden_size)
+    storage_dtype = to_storage(torch.zeros(1, 1), dtype).dtype
+    arrays = {layer: np.empty((shard.rows, d_model), dtype=storage_dtype) for layer in layers}
+    norms = np.empty(shard.rows, dtype=np.float32)
+    pad_id = loaded.tokenizer.pad_token_id or 0
+    for batch in _length_batches(rows, config.batch_tokens):
+        width = max(rows[i]["n_tokens"] for i in batch)
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for slot, i in enumerate(batch):
+            input_ids[slot, : rows[i]["n_tokens"]] = torch.tensor(rows[i]["token_ids"])
+            mask[slot, : rows[i]["n_tokens"]] = 1  # right padding: causal attention never sees the pads
+        hidden = run_to_layers(loaded.model, input_ids.to(loaded.device), mask.to(loaded.device), layers)
+        for slot, i in enumerate(batch):
+            start, stop = offsets[i], offsets[i + 1]
+            for layer in layers:
+                arrays[layer][start:stop] = to_storage(hidden[layer][slot, : stop - start], dtype)
+            norms[start:stop] = hidden[layers[0]][slot, : stop - start].float().norm(dim=-1).cpu().numpy()
+    return arrays, _index_table(shard, rows, offsets, norms, config.massive_ratio, loaded.tokenizer, special_ids)
+
+
+def _length_batches(rows: list[dict[str, Any]], batch_tokens: int) -> list[list[int]]:
+    """Indices of `rows` grouped longest first so that padded size stays within `batch_tokens`."""
+    order = sorted(range(len(rows)), key=lambda i: -rows[i]["n_tokens"])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and rows[batches[-1][0]]["n_tokens"] * (len(batches[-1]) + 1) <= batch_tokens:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def _index_table(
+    shard: ShardInfo,
+    rows: list[dict[str, Any]],
+    offsets: np.ndarray,
+    norms: np.ndarray,
+    massive_ratio: float,
+    tokenizer: Any,
+    special_ids: set[int],
+) -> pa.Table:
+    columns: dict[str, list[np.ndarray]] = {name: [] for name in INDEX_SCHEMA.names}
+    for i, row in enumerate(rows):
+        n = row["n_tokens"]
+        token_ids = np.asarray(row["token_ids"], dtype=np.int32)
+        segments = Segments(
+            n, row["generation_start"], row["prompt_end"], row["prefix_start"], row["prefix_end"], row["thinking_end"],
+            True, True, True, False,
+        ).labels()
+        sequence_norms = norms[offsets[i] : offsets[i + 1]]
+        ratio = sequence_norms / max(float(np.median(sequence_norms)), 1e-12)
+        columns["row"].append(np.arange(shard.first_row + offsets[i], shard.first_row + offsets[i + 1]))
+        columns["sequence_id"].append(np.full(n, row["sequence_id"]))
+        columns["token_idx"].append(np.arange(n, dtype=np.int32))
+        columns["token_id"].append(token_ids)
+        columns["segment"].append(segments)
+        columns["special"].append(_special_mask(tokenizer, row, token_ids, segments, special_ids))
+        columns["norm"].append(sequence_norms)
+        columns["norm_ratio"].append(ratio.astype(np.float32))
+        columns["massive"].append(ratio > massive_ratio)
+    arrays = [pa.array(np.concatenate(columns[field.name]), type=field.type) for field in INDEX_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=INDEX_SCHEMA)
+
+
+def _special_mask(
+    tokenizer: Any, row: dict[str, Any], token_ids: np.ndarray, segments: np.ndarray, special_ids: set[int]
+) -> np.ndarray:
+    """Special tokens anywhere, plus prompt tokens outside the user's own words (the chat template)."""
+    special = np.isin(token_ids, list(special_ids))
+    prompt_end = int((segments == PROMPT).sum())
+    text, spans = token_char_spans(tokenizer, token_ids[:prompt_end].tolist())
+    content_start = text.rfind(row["prompt"]) if row["prompt"] else -1
+    for position, (start, end) in enumerate(spans):
+        inside = content_start >= 0 and content_start <= start and end <= content_start + len(row["prompt"])
+        special[position] |= not inside
+    return special
