@@ -1,7 +1,7 @@
 """Stream a harvested layer back as shuffled mini-batches with bounded memory.
 
-Rows are read in contiguous chunks (cheap on a memory-mapped file) from shards visited in a seeded
-random order, poured into a mixing buffer, and served from the buffer in random order: when the
+Rows are read in contiguous chunks (cheap on a memory-mapped file), the chunks of all shards in one
+seeded random order, poured into a mixing buffer, and served from the buffer in random order: when the
 buffer is full, a random half leaves as mini-batches and the rest stays to mix with the next chunks.
 Peak memory is the buffer plus one chunk, whatever the size of the store. Seeded and deterministic:
 the same seed gives the same batches, epoch after epoch (each epoch reshuffles with its own seed).
@@ -114,11 +114,12 @@ class ActivationReader:
                 yield batch
 
     def _chunks(self, rng: np.random.Generator) -> Iterator[tuple[ShardInfo, np.ndarray]]:
-        """(shard, row offsets) chunks: shards in random order, each shard's chunks in random order."""
-        shards = self.store.shards()
-        for position in rng.permutation(len(shards)):
-            shard = shards[position]
-            rows = self._selected[shard.shard]
-            starts = np.arange(0, len(rows), self.config.chunk_tokens)
-            for start in rng.permutation(starts):
-                yield shard, rows[start : start + self.config.chunk_tokens]
+        """(shard, row offsets) chunks of all shards in one seeded random order (contiguous rows in a chunk)."""
+        chunks = [
+            (shard, start)
+            for shard in self.store.shards()
+            for start in range(0, len(self._selected[shard.shard]), self.config.chunk_tokens)
+        ]
+        for position in rng.permutation(len(chunks)):
+            shard, start = chunks[position]
+            yield shard, self._selected[shard.shard][start : start + self.config.chunk_tokens]

@@ -1,0 +1,43 @@
+"""Synthetic activation stores written with the store's own primitives (no model needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from thinklens.activations.harvest import plan_shards
+from thinklens.activations.store import INDEX_SCHEMA, STORE_FORMAT_VERSION, ActivationStore
+
+
+def write_synthetic_store(
+    directory: Path, n_sequences: int, tokens_per_sequence: int, d_model: int, shard_tokens: int, layer: int = 0
+) -> ActivationStore:
+    """Row r holds the value r in column 0 (so readers can be checked row by row) and noise elsewhere."""
+    store = ActivationStore(directory)
+    plan = plan_shards(list(range(n_sequences)), [tokens_per_sequence] * n_sequences, shard_tokens)
+    rng = np.random.default_rng(0)
+    for shard in plan:
+        array = rng.standard_normal((shard.rows, d_model), dtype=np.float32)
+        array[:, 0] = np.arange(shard.first_row, shard.first_row + shard.rows)
+        sequences = np.repeat(np.arange(shard.first_sequence, shard.last_sequence + 1), tokens_per_sequence)
+        positions = np.tile(np.arange(tokens_per_sequence), len(sequences) // tokens_per_sequence)
+        columns = {
+            "row": np.arange(shard.first_row, shard.first_row + shard.rows),
+            "sequence_id": sequences,
+            "token_idx": positions.astype(np.int32),
+            "token_id": positions.astype(np.int32),
+            "segment": np.minimum(positions // max(tokens_per_sequence // 4, 1), 3).astype(np.uint8),
+            "special": positions == 0,
+            "norm": np.ones(shard.rows, dtype=np.float32),
+            "norm_ratio": np.ones(shard.rows, dtype=np.float32),
+            "massive": positions == 1,
+        }
+        index = pa.Table.from_arrays([pa.array(columns[f.name], type=f.type) for f in INDEX_SCHEMA], schema=INDEX_SCHEMA)
+        store.write_shard_files(shard.shard, {layer: array}, index)
+    store.write_manifest({
+        "format_version": STORE_FORMAT_VERSION, "identity": {}, "layers": [layer], "d_model": d_model,
+        "dtype": "float32", "shards": [shard.__dict__ for shard in plan], "complete": True,
+    })
+    return store
