@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/thinklens collect --model smollm2 --prompts arithmetic --limit 16 --max-new-tokens 128 --out $(RUN)
-	@echo "traces: $(RUN)/traces   (resolved settings: $(RUN)/run.yaml)"
+	$(BIN)/thinklens harvest $(RUN) --layer 15
+	@echo "traces: $(RUN)/traces   activations: $(RUN)/activations   (settings: $(RUN)/run.yaml)"
 
 test: $(STAMP)
 	$(BIN)/ruff check thinklens tests scripts benchmarks

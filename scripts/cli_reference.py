@@ -24,7 +24,10 @@ def _cell(text: str) -> str:
 def _option_rows(command) -> list[str]:  # a (Typer-vendored) click Command
     rows = []
     for param in command.params:
-        if param.param_type_name != "option" or param.hidden:
+        if param.param_type_name not in ("option", "argument") or getattr(param, "hidden", False):
+            continue
+        if param.param_type_name == "argument":
+            rows.append(f"| `{param.name.upper()}` (argument) | {_cell(getattr(param, 'help', '') or '')} | required |")
             continue
         names = ", ".join(f"`{name}`" for name in param.opts)
         if param.is_flag:

@@ -22,7 +22,8 @@ def _invoke(*args: str):
 
 
 def _error_line(result) -> str:
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    """The one error line (transformers' weight-loading bar may come before it, never after)."""
+    lines = [line for line in result.output.splitlines() if line.strip() and not line.startswith("Loading weights")]
     assert len(lines) == 1, f"expected one error line, got: {result.output!r}"
     return lines[0]
 
@@ -112,3 +113,25 @@ def test_import_thinklens_is_quiet_and_light():
     package, cli = result.stdout.splitlines()
     assert package == "[]"
     assert "transformers" not in cli, "the CLI must not import transformers before a command runs"
+
+
+@pytest.mark.integration
+def test_harvest_after_collect_and_its_errors(tiny_models, tmp_path):
+    run = tmp_path / "run"
+    assert _invoke("collect", "--model", str(tiny_models["llama"]), "--limit", "4", "--max-new-tokens", "6",
+                   "--out", str(run)).exit_code == 0
+    first = _invoke("harvest", str(run), "--layer", "1", "--layer", "0")
+    assert first.exit_code == 0, first.output
+    assert "massive-activation tokens" in first.output
+    record = yaml.safe_load((run / "run.yaml").read_text())["stages"]
+    assert set(record) == {"collect", "harvest"} and record["harvest"]["asked"]["layers"] == [1, 0]
+    assert "nothing to do" in _invoke("harvest", str(run), "--layer", "1", "--layer", "0").output
+
+    wrong_layer = _invoke("harvest", str(tmp_path / "other"), "--layer", "0")
+    assert wrong_layer.exit_code == 2 and "run `thinklens collect" in _error_line(wrong_layer)
+    (tmp_path / "run2").mkdir()
+    (tmp_path / "run2" / "traces").symlink_to(run / "traces")
+    too_deep = _invoke("harvest", str(tmp_path / "run2"), "--layer", "9")
+    assert too_deep.exit_code == 2
+    assert _error_line(too_deep) == "error: layer 9 does not exist: LlamaForCausalLM has layers 0..2"
+    assert not (tmp_path / "run2" / "activations" / "manifest.json").exists()

@@ -59,6 +59,8 @@ def test_harvest_rows_equal_single_sequence_forward_passes(tiny_run, tiny_models
     manifest = store.manifest()
     assert (manifest["d_model"], manifest["dtype"], manifest["layers"]) == (64, "float32", [0, 1])
     assert manifest["names"] == ["layers.0.resid_post", "layers.1.resid_post"]
+    assert (manifest["chat_format"], manifest["token_count"]) == ("r1", store.token_count)
+    assert manifest["model_fingerprint"] and manifest["arguments"]["shard_tokens"] == 200
 
     index = store.index().to_pydict()
     assert index["row"] == list(range(store.token_count))

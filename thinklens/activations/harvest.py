@@ -9,6 +9,7 @@ shard computes.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
 
 from thinklens.activations.capture import run_to_layers
 from thinklens.activations.store import (
@@ -31,7 +32,7 @@ from thinklens.activations.store import (
 from thinklens.data.segments import PROMPT, Segments, token_char_spans
 from thinklens.data.traces import TraceStore
 from thinklens.errors import ThinklensError
-from thinklens.models.layers import n_layers
+from thinklens.models.layers import resolve_layer
 from thinklens.models.loader import LoadedModel, ModelConfig, load_model
 from thinklens.progress import progress_bar
 
@@ -46,7 +47,9 @@ class HarvestConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    layers: tuple[int, ...] = Field(description="Layers whose residual stream (after the block) is captured.")
+    layers: tuple[NonNegativeInt, ...] = Field(
+        min_length=1, description="Layers (0-based) whose residual stream after the block is captured."
+    )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         default="auto", description="Storage dtype; 'auto' keeps the model's dtype."
     )
@@ -119,10 +122,9 @@ def harvest(
         return HarvestResult(store.directory, 0, len(plan), 0, store.token_count, time.perf_counter() - started)
 
     loaded = loaded or load_model(model_config)
-    layers = sorted({layer % n_layers(loaded.model) for layer in config.layers})
-    if layers != sorted(config.layers):
-        raise ThinklensError(f"give layers as 0..{n_layers(loaded.model) - 1} (got {list(config.layers)})")
-    manifest = _manifest(store, identity, loaded, config, trace_meta, done)
+    layers = sorted({resolve_layer(loaded.model, layer) for layer in config.layers})
+    chat_format = traces.read(["format"]).column(0)[0].as_py()  # the format collect resolved, not 'auto'
+    manifest = _manifest(store, identity, loaded, config, chat_format, done)
     special_ids = set(loaded.tokenizer.all_special_ids)
     written = 0
     with ThreadPoolExecutor(max_workers=1) as writer, progress_bar(
@@ -172,7 +174,7 @@ def _manifest(
     identity: dict[str, Any],
     loaded: LoadedModel,
     config: HarvestConfig,
-    trace_meta: dict[str, Any],
+    chat_format: str,
     done: list[ShardInfo],
 ) -> dict[str, Any]:
     model_dtype = str(loaded.model.dtype).removeprefix("torch.")
@@ -187,9 +189,10 @@ def _manifest(
         "names": [f"layers.{layer}.resid_post" for layer in identity["layers"]],
         "d_model": int(hidden.hidden_size),
         "dtype": model_dtype if config.dtype == "auto" else config.dtype,
-        "chat_format": trace_meta["identity"].get("format"),
+        "chat_format": chat_format,
         "arguments": config.model_dump(mode="json"),
         "shards": [shard.__dict__ for shard in done],
+        "token_count": sum(shard.rows for shard in done),
         "complete": False,
     }
     store.directory.mkdir(parents=True, exist_ok=True)
@@ -203,6 +206,7 @@ def _commit_shard(
     """Runs on the writer thread: shard files first, then the manifest that makes them count."""
     store.write_shard_files(shard.shard, arrays, index)
     manifest["shards"].append(shard.__dict__)
+    manifest["token_count"] += shard.rows
     store.write_manifest(manifest)
 
 
@@ -216,22 +220,13 @@ def _compute_shard(
     special_ids: set[int],
 ) -> tuple[dict[int, np.ndarray], pa.Table]:
     """Forward the shard's sequences and return its per-layer arrays and its token index."""
-    dataset = ds.dataset(str(traces_dir), format="parquet")
-    in_shard = (ds.field("sequence_id") >= shard.first_sequence) & (ds.field("sequence_id") <= shard.last_sequence)
-    rows = dataset.to_table(columns=_TRACE_COLUMNS, filter=in_shard).sort_by("sequence_id").to_pylist()
+    rows = read_shard_traces(shard, traces_dir)
     offsets = np.cumsum([0] + [row["n_tokens"] for row in rows])
     d_model = int(getattr(loaded.model.config, "text_config", loaded.model.config).hidden_size)
     storage_dtype = to_storage(torch.zeros(1, 1), dtype).dtype
     arrays = {layer: np.empty((shard.rows, d_model), dtype=storage_dtype) for layer in layers}
     norms = np.empty(shard.rows, dtype=np.float32)
-    pad_id = loaded.tokenizer.pad_token_id or 0
-    for batch in _length_batches(rows, config.batch_tokens):
-        width = max(rows[i]["n_tokens"] for i in batch)
-        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for slot, i in enumerate(batch):
-            input_ids[slot, : rows[i]["n_tokens"]] = torch.tensor(rows[i]["token_ids"])
-            mask[slot, : rows[i]["n_tokens"]] = 1  # right padding: causal attention never sees the pads
+    for batch, input_ids, mask in padded_batches(rows, config.batch_tokens, loaded.tokenizer.pad_token_id or 0):
         hidden = run_to_layers(loaded.model, input_ids.to(loaded.device), mask.to(loaded.device), layers)
         for slot, i in enumerate(batch):
             start, stop = offsets[i], offsets[i + 1]
@@ -241,8 +236,21 @@ def _compute_shard(
     return arrays, _index_table(shard, rows, offsets, norms, config.massive_ratio, loaded.tokenizer, special_ids)
 
 
-def _length_batches(rows: list[dict[str, Any]], batch_tokens: int) -> list[list[int]]:
-    """Indices of `rows` grouped longest first so that padded size stays within `batch_tokens`."""
+def read_shard_traces(shard: ShardInfo, traces_dir: Path) -> list[dict[str, Any]]:
+    """The traces of one planned shard, in sequence order."""
+    dataset = ds.dataset(str(traces_dir), format="parquet")
+    in_shard = (ds.field("sequence_id") >= shard.first_sequence) & (ds.field("sequence_id") <= shard.last_sequence)
+    return dataset.to_table(columns=_TRACE_COLUMNS, filter=in_shard).sort_by("sequence_id").to_pylist()
+
+
+def padded_batches(
+    rows: list[dict[str, Any]], batch_tokens: int, pad_id: int
+) -> Iterator[tuple[list[int], torch.Tensor, torch.Tensor]]:
+    """(row indices, input_ids, attention_mask) batches, longest first, padded size within `batch_tokens`.
+
+    Right padding: under causal attention the real tokens never see the pads, so each sequence gets
+    exactly the activations it would get alone.
+    """
     order = sorted(range(len(rows)), key=lambda i: -rows[i]["n_tokens"])
     batches: list[list[int]] = []
     for i in order:
@@ -250,7 +258,15 @@ def _length_batches(rows: list[dict[str, Any]], batch_tokens: int) -> list[list[
             batches[-1].append(i)
         else:
             batches.append([i])
-    return batches
+    for batch in batches:
+        width = rows[batch[0]]["n_tokens"]
+        input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for slot, i in enumerate(batch):
+            n = rows[i]["n_tokens"]
+            input_ids[slot, :n] = torch.tensor(rows[i]["token_ids"])
+            mask[slot, :n] = 1
+        yield batch, input_ids, mask
 
 
 def _index_table(
