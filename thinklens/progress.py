@@ -25,12 +25,16 @@ class ProgressHandle:
         self._started = time.perf_counter()
         self.tokens = 0
 
-    def advance(self, items: int = 1, tokens: int = 0) -> None:
+    def advance(self, items: int = 1, tokens: int = 0, status: str | None = None) -> None:
+        """Count `items` done and `tokens` processed; `status` replaces the live status text (e.g. loss)."""
         self.tokens += tokens
         if self._progress is None or self._task_id is None:
             return
         elapsed = max(time.perf_counter() - self._started, 1e-9)
-        self._progress.update(self._task_id, advance=items, rate=f"{self.tokens / elapsed:,.0f} tok/s")
+        fields = {"rate": f"{self.tokens / elapsed:,.0f} tok/s"}
+        if status is not None:
+            fields["status"] = status
+        self._progress.update(self._task_id, advance=items, **fields)
 
 
 @contextmanager
@@ -44,9 +48,10 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
     with Progress(*columns, transient=False) as progress:
-        task_id = progress.add_task(description, total=total, rate="")
+        task_id = progress.add_task(description, total=total, rate="", status="")
         yield ProgressHandle(progress, task_id)

@@ -1,0 +1,159 @@
+"""SAE files at the border: the SAELens layout (our own format too) and the public R1 `.pt` files.
+
+SAELens layout: `cfg.json` + `sae_weights.safetensors` with `W_enc` (d_in, d_sae), `W_dec`
+(d_sae, d_in), `b_enc`, `b_dec` and, for BatchTopK, a per-feature `threshold`. The input scale is
+folded into the weights (exactly: it is a power of two), so any SAELens-layout reader computes the
+same function. thinklens' own facts (tied weights, k, the scale, the layer's name, provenance) sit
+in a `thinklens` block of cfg.json that other readers ignore.
+
+R1 release (DeepSeek-R1 SAEs): a torch state dict {W (d_in, d_sae), b_enc, b_dec}, tied, BatchTopK.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from thinklens.errors import ThinklensError
+from thinklens.files import atomic_path
+from thinklens.sae.sae import Sae, SaeConfig
+
+SAE_FORMAT_VERSION = 1
+CFG_FILE = "cfg.json"
+WEIGHTS_FILE = "sae_weights.safetensors"
+_SAELENS_ARCH = {"batchtopk_tied": "batchtopk", "batchtopk": "batchtopk", "topk": "topk", "relu": "standard"}
+
+
+def save_sae(sae: Sae, directory: Path, metadata: dict[str, Any] | None = None) -> Path:
+    """Write `sae` in the SAELens layout (weights first, then cfg.json, each atomically)."""
+    config = sae.config
+    scale = config.input_scale
+    with torch.no_grad():
+        tensors = {
+            "W_enc": (sae.encoder_weight * scale).T.contiguous(),  # (d_in, d_sae)
+            "W_dec": (sae.W_dec / scale).contiguous(),  # (d_sae, d_in)
+            "b_enc": sae.b_enc.detach().clone(),
+            "b_dec": (sae.b_dec / scale).contiguous(),
+        }
+        if config.arch in ("batchtopk", "batchtopk_tied"):
+            tensors["threshold"] = sae.threshold.expand(config.d_sae).clone()
+    directory = Path(directory)
+    with atomic_path(directory / WEIGHTS_FILE) as temp:
+        save_file(tensors, str(temp))
+    cfg = {
+        "architecture": _SAELENS_ARCH[config.arch],
+        "d_in": config.d_in,
+        "d_sae": config.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "model_name": config.model,
+        "hook_name": None if config.layer is None else f"blocks.{config.layer}.hook_resid_post",
+        "hook_layer": config.layer,
+        "hook_head_index": None,
+        "activation_fn": "relu" if config.arch == "relu" else "topk",
+        "activation_fn_kwargs": {} if config.k is None else {"k": config.k},
+        "apply_b_dec_to_input": False,
+        "finetuning_scaling_factor": False,
+        "normalize_activations": "none",
+        "prepend_bos": True,
+        "neuronpedia_id": None,
+        "thinklens": {
+            "format_version": SAE_FORMAT_VERSION,
+            **config.model_dump(mode="json"),
+            "hook_name": config.hook_name,
+            **(metadata or {}),
+        },
+    }
+    with atomic_path(directory / CFG_FILE) as temp:
+        temp.write_text(json.dumps(cfg, indent=2) + "\n")
+    return directory
+
+
+def load_sae(directory: Path) -> Sae:
+    """Load an SAE saved by thinklens, or any SAELens-layout SAE (topk, batchtopk, standard)."""
+    directory = Path(directory)
+    cfg_path, weights_path = directory / CFG_FILE, directory / WEIGHTS_FILE
+    if not cfg_path.is_file() or not weights_path.is_file():
+        raise ThinklensError(f"no SAE in {directory}: expected {CFG_FILE} and {WEIGHTS_FILE} (run `thinklens train`)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+        tensors = load_file(str(weights_path))
+    except (json.JSONDecodeError, OSError, RuntimeError) as exc:
+        raise ThinklensError(f"the SAE files in {directory} are corrupt ({exc}): re-train or re-download them") from exc
+    own = cfg.get("thinklens")
+    if own is None:
+        return from_saelens(cfg, tensors)
+    if own.get("format_version", 0) > SAE_FORMAT_VERSION:
+        raise ThinklensError(f"{directory} was written by a newer thinklens: upgrade thinklens to read it")
+    fields = {key: own[key] for key in SaeConfig.model_fields if key in own}
+    config = SaeConfig(**fields)
+    sae = Sae(config)
+    scale = config.input_scale
+    with torch.no_grad():
+        sae.W_dec.copy_(tensors["W_dec"] * scale)  # exact: the scale is a power of two
+        if sae.W_enc is not None:
+            sae.W_enc.copy_(tensors["W_enc"].T / scale)
+        sae.b_enc.copy_(tensors["b_enc"])
+        sae.b_dec.copy_(tensors["b_dec"] * scale)
+        if "threshold" in tensors:
+            sae.threshold.copy_(tensors["threshold"][0])
+    return sae.eval()
+
+
+def sae_metadata(directory: Path) -> dict[str, Any]:
+    """The thinklens block of a saved SAE's cfg.json (empty for foreign SAEs)."""
+    return json.loads((Path(directory) / CFG_FILE).read_text()).get("thinklens", {})
+
+
+def from_saelens(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Sae:
+    """An untied SAE from SAELens keys only (what any SAELens-layout file carries)."""
+    architecture = cfg.get("architecture", "standard")
+    k = (cfg.get("activation_fn_kwargs") or {}).get("k")
+    arch = {"topk": "topk", "batchtopk": "batchtopk", "standard": "relu"}.get(architecture)
+    if arch is None:
+        raise ThinklensError(f"SAELens architecture '{architecture}' is not supported: use topk, batchtopk or standard")
+    config = SaeConfig(arch=arch, d_in=cfg["d_in"], d_sae=cfg["d_sae"], k=k, model=cfg.get("model_name"),
+                       layer=cfg.get("hook_layer"))
+    sae = Sae(config)
+    b_enc = tensors["b_enc"].float()
+    if cfg.get("apply_b_dec_to_input"):  # (x − b_dec)·W_enc + b_enc, folded into the encoder bias
+        b_enc = b_enc - tensors["b_dec"].float() @ tensors["W_enc"].float()
+    with torch.no_grad():
+        sae.W_enc.copy_(tensors["W_enc"].T)
+        sae.W_dec.copy_(tensors["W_dec"])
+        sae.b_enc.copy_(b_enc)
+        sae.b_dec.copy_(tensors["b_dec"])
+        if "threshold" in tensors:
+            sae.threshold.copy_(tensors["threshold"].float().mean())
+    return sae.eval()
+
+
+def load_r1_pt(path: Path, k: int, model: str | None = None, layer: int | None = None) -> Sae:
+    """A public DeepSeek-R1 SAE file: {W (d_in, d_sae), b_enc, b_dec}, tied BatchTopK (math k=128, logic k=64)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError) as exc:
+        raise ThinklensError(f"cannot read {path} as a torch state dict ({exc}): check the file") from exc
+    missing = {"W", "b_enc", "b_dec"} - set(state)
+    if missing:
+        raise ThinklensError(f"{path} lacks {sorted(missing)}: an R1 SAE file holds W, b_enc and b_dec")
+    d_in, d_sae = state["W"].shape
+    sae = Sae(SaeConfig(arch="batchtopk_tied", d_in=d_in, d_sae=d_sae, k=k, model=model, layer=layer))
+    with torch.no_grad():
+        sae.W_dec.copy_(state["W"].float().T)
+        sae.b_enc.copy_(state["b_enc"].float())
+        sae.b_dec.copy_(state["b_dec"].float())
+    return sae.eval()
+
+
+def check_width(sae: Sae, d_model: int, what: str) -> None:
+    """Refuse an SAE whose input width does not match the model's width at the layer."""
+    if sae.config.d_in != d_model:
+        raise ThinklensError(
+            f"the SAE reads vectors of width {sae.config.d_in} but {what} has width {d_model}: "
+            "use an SAE trained on this model and layer"
+        )

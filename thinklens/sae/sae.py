@@ -1,0 +1,249 @@
+"""Sparse autoencoders with one encode/decode path for training, indexing and steering.
+
+Design choices:
+- Architectures: `batchtopk_tied` (the public DeepSeek-R1 SAEs: one matrix W; encode keeps the top
+  k·batch values of ReLU(x W + b_enc) across the whole batch; decode is f Wᵀ + b_dec), `batchtopk`
+  (untied), `topk` (per token) and `relu` (L1 penalty). The BatchTopK ones also learn a global
+  threshold during training, so that encoding at inference does not depend on the batch.
+- Layout: every weight matrix is stored feature-major, (d_sae, d_in); a feature's direction is its
+  decoder row. The encoder reads x·W_encᵀ; file formats transpose at the border.
+- Codes are sparse (flat COO: row, feature, value). Decoding is an `embedding_bag` over the active
+  rows of W_dec, and the encoder's weight gradient is a sparse × dense product over the active
+  entries only, so neither costs a dense (tokens × d_sae × d_in) matmul.
+- Inputs are scaled by `input_scale`, the power of two that brings the mean input norm nearest
+  √d_in; saving folds it into the weights, exactly because it is a power of two.
+- The decoder bias starts at the data's geometric median and the encoder bias at −b_dec·W_encᵀ,
+  so at initialisation the encoder sees centred inputs (residual streams share a large mean).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+Arch = Literal["batchtopk_tied", "batchtopk", "topk", "relu"]
+ARCHS: tuple[str, ...] = ("batchtopk_tied", "batchtopk", "topk", "relu")
+
+
+class SaeConfig(BaseModel):
+    """Shape, sparsity and provenance of an SAE."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arch: Arch = Field(description="batchtopk_tied (R1 release), batchtopk, topk or relu.")
+    d_in: int = Field(gt=0, description="Width of the activations (the model's d_model).")
+    d_sae: int = Field(gt=0, description="Number of features.")
+    k: int | None = Field(default=None, gt=0, description="Active features per token (top-k archs).")
+    input_scale: float = Field(default=1.0, gt=0, description="Inputs are multiplied by this before encoding.")
+    model: str | None = Field(default=None, description="Model the SAE was trained on.")
+    model_fingerprint: str | None = Field(default=None, description="Hash or revision of that model's weights.")
+    layer: int | None = Field(default=None, description="Layer whose resid_post the SAE reads.")
+    chat_format: str | None = Field(default=None, description="Reasoning format of the training traces.")
+
+    @property
+    def tied(self) -> bool:
+        return self.arch == "batchtopk_tied"
+
+    @property
+    def hook_name(self) -> str | None:
+        return None if self.layer is None else f"layers.{self.layer}.resid_post"
+
+
+@dataclass
+class SparseCodes:
+    """Active features of a batch as flat COO, sorted by row: values[i] of `features[i]` on `rows[i]`."""
+
+    values: torch.Tensor  # (nnz,)
+    features: torch.Tensor  # (nnz,) int64
+    rows: torch.Tensor  # (nnz,) int64, non-decreasing
+    n_rows: int
+    d_sae: int
+
+    def dense(self) -> torch.Tensor:
+        """(n_rows, d_sae) activations."""
+        out = torch.zeros(self.n_rows, self.d_sae, dtype=self.values.dtype, device=self.values.device)
+        return out.index_put_((self.rows, self.features), self.values)
+
+    def offsets(self) -> torch.Tensor:
+        """Start of each row's entries in the flat arrays (for embedding_bag)."""
+        return torch.searchsorted(self.rows, torch.arange(self.n_rows, device=self.rows.device))
+
+    def l0(self) -> torch.Tensor:
+        """Active features per row, (n_rows,)."""
+        return torch.bincount(self.rows[self.values > 0], minlength=self.n_rows)
+
+
+@dataclass
+class SaeOutput:
+    """Reconstruction (in input units) and the codes that made it."""
+
+    recon: torch.Tensor  # (n, d_in)
+    codes: SparseCodes
+    pre_acts: torch.Tensor  # (n, d_sae), detached
+
+
+class _SelectedPreActs(torch.autograd.Function):
+    """Pre-activations at the selected (row, feature) entries, with a sparse encoder gradient.
+
+    Forward returns the already computed values; backward sends the gradient only to the encoder
+    rows and biases of the selected features: grad W_enc = S · x with S the sparse (d_sae, n) matrix
+    of incoming gradients — nnz · d_in work instead of d_sae · n · d_in.
+    """
+
+    @staticmethod
+    def forward(ctx, values, x, weight, bias, rows, features):  # noqa: D102 - torch API
+        ctx.save_for_backward(x, rows, features)
+        ctx.shape = weight.shape
+        return values.clone()
+
+    @staticmethod
+    def backward(ctx, grad_values):  # noqa: D102 - torch API
+        x, rows, features = ctx.saved_tensors
+        gradient = torch.sparse_coo_tensor(
+            torch.stack([features, rows]), grad_values, (ctx.shape[0], x.shape[0]), check_invariants=False
+        )
+        grad_weight = torch.sparse.mm(gradient, x)  # (d_sae, d_in)
+        grad_bias = torch.zeros(ctx.shape[0], dtype=grad_values.dtype, device=grad_values.device)
+        grad_bias.index_add_(0, features, grad_values)
+        return None, None, grad_weight, grad_bias, None, None
+
+
+class Sae(nn.Module):
+    """A sparse autoencoder of any of the supported architectures."""
+
+    def __init__(self, config: SaeConfig) -> None:
+        super().__init__()
+        if config.arch != "relu" and config.k is None:
+            raise ValueError(f"arch {config.arch} needs k")
+        self.config = config
+        d_sae, d_in = config.d_sae, config.d_in
+        directions = F.normalize(torch.randn(d_sae, d_in), dim=-1)  # unit-norm random feature directions
+        self.W_dec = nn.Parameter(directions)  # (d_sae, d_in)
+        self.W_enc = None if config.tied else nn.Parameter(directions.clone())  # encoder = decoder transpose
+        self.b_enc = nn.Parameter(torch.zeros(d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(d_in))
+        self.register_buffer("threshold", torch.tensor(-1.0))  # BatchTopK inference threshold; −1: not learnt
+
+    @property
+    def encoder_weight(self) -> torch.Tensor:
+        return self.W_dec if self.W_enc is None else self.W_enc
+
+    # ------------------------------------------------------------------ encode / decode
+    def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, d_sae) pre-activations of (n, d_in) inputs in model units."""
+        return (x * self.config.input_scale) @ self.encoder_weight.T + self.b_enc
+
+    def encode(self, x: torch.Tensor, batch_dependent: bool | None = None) -> SparseCodes:
+        """Sparse codes of `x` (n, d_in). BatchTopK selects across the batch while training (or when
+        `batch_dependent`), and by the learnt threshold otherwise."""
+        return self._encode(x, batch_dependent)[0]
+
+    def _encode(self, x: torch.Tensor, batch_dependent: bool | None) -> tuple[SparseCodes, torch.Tensor]:
+        scaled = x * self.config.input_scale
+        with torch.no_grad():
+            pre = scaled @ self.encoder_weight.T + self.b_enc  # (n, d_sae)
+        rows, features = self._select(pre, batch_dependent)
+        values = self.values_at(scaled, pre, rows, features)
+        return SparseCodes(values, features, rows, x.shape[0], self.config.d_sae), pre
+
+    def values_at(
+        self, scaled: torch.Tensor, pre: torch.Tensor, rows: torch.Tensor, features: torch.Tensor
+    ) -> torch.Tensor:
+        """ReLU of the pre-activations at (rows, features), differentiable w.r.t. the encoder (sparsely)."""
+        values = pre[rows, features]
+        if torch.is_grad_enabled() and self.encoder_weight.requires_grad:
+            values = _SelectedPreActs.apply(values, scaled, self.encoder_weight, self.b_enc, rows, features)
+        return F.relu(values)
+
+    def _select(self, pre: torch.Tensor, batch_dependent: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, features) of the active entries, sorted by row."""
+        arch, k = self.config.arch, self.config.k
+        if arch == "topk":
+            features = pre.topk(k, dim=-1).indices  # (n, k)
+            rows = torch.arange(pre.shape[0], device=pre.device).repeat_interleave(k)
+            return rows, features.flatten()
+        if arch == "relu":
+            rows, features = (pre > 0).nonzero(as_tuple=True)
+            return rows, features
+        use_batch = self.training if batch_dependent is None else batch_dependent
+        if use_batch or self.threshold < 0:
+            active = batch_topk_mask(pre, k)
+        else:
+            active = pre > self.threshold
+        rows, features = active.nonzero(as_tuple=True)
+        return rows, features
+
+    def decode(self, codes: SparseCodes) -> torch.Tensor:
+        """(n, d_in) reconstruction in model units."""
+        return (self.feature_sum(codes) + self.b_dec) / self.config.input_scale
+
+    def feature_sum(self, codes: SparseCodes) -> torch.Tensor:
+        """Σ value · decoder row over each row's active features, (n, d_in), in scaled units, no bias."""
+        return F.embedding_bag(codes.features, self.W_dec, codes.offsets(), mode="sum", per_sample_weights=codes.values)
+
+    def forward(self, x: torch.Tensor) -> SaeOutput:
+        codes, pre = self._encode(x, None)
+        return SaeOutput(self.decode(codes), codes, pre)
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def init_from_data(self, sample: torch.Tensor, geometric_median: bool = True) -> None:
+        """Set input_scale, b_dec (geometric median or mean) and b_enc from a sample (n, d_in)."""
+        mean_norm = sample.norm(dim=-1).mean().item()
+        # A power of two, so that folding the scale into the weights on save is exact.
+        scale = 2.0 ** round(math.log2(math.sqrt(self.config.d_in) / mean_norm))
+        self.config = self.config.model_copy(update={"input_scale": scale})
+        scaled = sample * self.config.input_scale
+        centre = geometric_median_of(scaled) if geometric_median else scaled.mean(dim=0)
+        self.b_dec.copy_(centre)
+        self.b_enc.copy_(-(centre @ self.encoder_weight.T))  # the encoder first sees x − b_dec
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        """Unit-norm decoder rows (untied only; a tied W keeps its learnt norms)."""
+        if not self.config.tied:
+            self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8))
+
+    @torch.no_grad()
+    def project_decoder_grad(self) -> None:
+        """Remove the part of W_dec's gradient that would change row norms (untied only)."""
+        if self.config.tied or self.W_dec.grad is None:
+            return
+        parallel = (self.W_dec.grad * self.W_dec).sum(dim=-1, keepdim=True)
+        self.W_dec.grad.sub_(parallel * self.W_dec)
+
+
+def batch_topk_mask(pre: torch.Tensor, k: int) -> torch.Tensor:
+    """Mask of the k·n largest positive entries of `pre` (n, d_sae) across the whole batch.
+
+    Exact, but avoids a top-k over all n·d_sae values: the global cut is searched among each row's
+    top `cap` candidates, and only if some row had all its candidates above the cut (it might have
+    had more) does it fall back to the full top-k.
+    """
+    n, d_sae = pre.shape
+    total = min(k * n, n * d_sae)
+    cap = min(d_sae, 4 * k)
+    candidates = pre.topk(cap, dim=-1).values  # (n, cap), descending
+    cut = candidates.flatten().topk(total).values[-1]
+    if cap < d_sae and bool((candidates[:, -1] >= cut).any()):
+        cut = pre.flatten().topk(total).values[-1]
+    return (pre >= cut) & (pre > 0)
+
+
+@torch.no_grad()
+def geometric_median_of(points: torch.Tensor, iterations: int = 50, tolerance: float = 1e-6) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of distances to `points` (n, d)."""
+    median = points.mean(dim=0)
+    for _ in range(iterations):
+        weights = 1.0 / (points - median).norm(dim=-1).clamp_min(1e-8)
+        updated = (weights[:, None] * points).sum(dim=0) / weights.sum()
+        if (updated - median).norm() < tolerance * median.norm().clamp_min(1e-8):
+            return updated
+        median = updated
+    return median

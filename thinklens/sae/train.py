@@ -1,0 +1,295 @@
+"""Train an SAE by streaming a harvested activation store.
+
+The loop: next batch → forward → loss (+ AuxK) → backward → project, clip, step, schedule →
+renormalise → track dead features and the BatchTopK threshold → log, checkpoint if due. A checkpoint
+holds weights, optimiser state, counters and the number of batches consumed, so a killed run
+resumes exactly where it stopped (the reader is deterministic and is fast-forwarded).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from thinklens.activations.reader import ActivationReader, ReaderConfig
+from thinklens.activations.store import ActivationStore
+from thinklens.errors import ThinklensError
+from thinklens.files import atomic_path
+from thinklens.progress import progress_bar
+from thinklens.sae.formats import save_sae
+from thinklens.sae.sae import Arch, Sae, SaeConfig, SaeOutput, SparseCodes
+
+CHECKPOINT_FILE = "checkpoint.pt"
+LOG_FILE = "training_log.jsonl"
+
+
+class TrainConfig(BaseModel):
+    """Architecture, optimisation and data settings of one SAE training run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    arch: Arch = Field(default="batchtopk_tied", description="SAE architecture.")
+    expansion: int = Field(default=8, ge=1, description="Features per input dimension (d_sae = expansion × d_model).")
+    k: int = Field(default=32, ge=1, description="Active features per token (top-k architectures).")
+    l1_coefficient: float = Field(default=5.0, ge=0, description="L1 penalty weight (relu architecture).")
+    layer: int | None = Field(default=None, description="Harvested layer to train on; default: the first one.")
+    tokens: int | None = Field(default=None, ge=1, description="Training tokens; default: `epochs` passes.")
+    epochs: int = Field(default=4, ge=1, description="Passes over the training split when `tokens` is not set.")
+    batch_size: int = Field(default=4096, ge=1, description="Tokens per optimisation step.")
+    lr: float = Field(default=4e-4, gt=0, description="Peak Adam learning rate.")
+    warmup_steps: int = Field(default=50, ge=0, description="Linear warm-up steps.")
+    decay_fraction: float = Field(default=0.2, ge=0, le=1, description="Final share of steps with linear decay to 0.")
+    grad_clip: float = Field(default=1.0, gt=0, description="Gradient norm clip.")
+    aux_k: int = Field(default=256, ge=1, description="Dead features used by the AuxK loss.")
+    aux_coefficient: float = Field(default=1 / 32, ge=0, description="Weight of the AuxK loss.")
+    dead_after_tokens: int = Field(default=50_000, ge=1, description="A feature unseen for this many tokens is dead.")
+    b_dec_init: str = Field(default="geometric_median", pattern="^(geometric_median|mean)$",
+                            description="Decoder bias initialisation from a data sample.")
+    init_tokens: int = Field(default=16384, ge=1, description="Sample size for the data-based initialisation.")
+    buffer_tokens: int = Field(default=262_144, ge=1, description="Shuffle buffer of the reader, in tokens.")
+    holdout_fraction: float = Field(default=0.05, ge=0, lt=1, description="Share of sequences held out for eval.")
+    include_special: bool = Field(default=False, description="Train on special/chat-template tokens too.")
+    include_massive: bool = Field(default=False, description="Train on massive-activation tokens too.")
+    checkpoint_every: int = Field(default=200, ge=1, description="Steps between checkpoints.")
+    seed: int = Field(default=0, description="Seed of initialisation and data order.")
+    wandb_project: str | None = Field(default=None, description="Log to this W&B project (WANDB_MODE=offline works).")
+
+
+@dataclass
+class TrainResult:
+    sae_dir: Path
+    steps: int
+    tokens: int
+    seconds: float
+    final: dict[str, float]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class StepStats:
+    loss: float
+    fvu: float
+    l0: float
+    dead_fraction: float
+
+
+def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progress: bool = True) -> TrainResult:
+    """Train an SAE on `activations_dir` into `sae_dir`, resuming from its checkpoint if one exists."""
+    started = time.perf_counter()
+    store = ActivationStore(activations_dir)
+    manifest = store.manifest()
+    layer = manifest["layers"][0] if config.layer is None else config.layer
+    reader = ActivationReader(activations_dir, _reader_config(config, layer, epochs=1))
+    if reader.n_tokens < config.batch_size:
+        raise ThinklensError(
+            f"only {reader.n_tokens} training tokens in {activations_dir}, fewer than one batch of {config.batch_size}: "
+            "collect and harvest more traces or lower --batch-size"
+        )
+    total_steps = (config.tokens or config.epochs * reader.n_tokens) // config.batch_size
+    trainer = _Trainer(config, _sae_config(config, manifest, layer), total_steps)
+    checkpoint = Path(sae_dir) / CHECKPOINT_FILE
+    if checkpoint.is_file():
+        trainer.load_checkpoint(checkpoint, config)
+    else:
+        trainer.sae.init_from_data(_init_sample(activations_dir, config, layer), config.b_dec_init == "geometric_median")
+    batches = _batches(activations_dir, config, layer, total_steps, skip=trainer.step)
+    logger = _Logger(Path(sae_dir), config, resume=trainer.step > 0)
+    stats = StepStats(math.nan, math.nan, math.nan, math.nan)
+    with progress_bar("train", total=total_steps, enabled=show_progress) as bar:
+        bar.advance(trainer.step)
+        for batch in batches:
+            stats = trainer.train_step(batch)
+            logger.log(trainer.step, stats, trainer.lr())
+            bar.advance(1, tokens=len(batch), status=_status(stats))
+            if trainer.step % config.checkpoint_every == 0 and trainer.step < total_steps:
+                trainer.save_checkpoint(checkpoint)
+    save_sae(trainer.sae, Path(sae_dir), metadata={"training": config.model_dump(mode="json"), "steps": trainer.step})
+    checkpoint.unlink(missing_ok=True)
+    logger.close()
+    final = {"loss": stats.loss, "fvu": stats.fvu, "l0": stats.l0, "dead_fraction": stats.dead_fraction}
+    return TrainResult(Path(sae_dir), trainer.step, trainer.step * config.batch_size, time.perf_counter() - started, final)
+
+
+class _Trainer:
+    """The SAE, its optimiser and the counters that a checkpoint must carry."""
+
+    def __init__(self, config: TrainConfig, sae_config: SaeConfig, total_steps: int) -> None:
+        torch.manual_seed(config.seed)
+        self.config = config
+        self.sae = Sae(sae_config).train()
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.lr, betas=(0.9, 0.999))
+        self.total_steps = total_steps
+        self.step = 0
+        self.tokens_since_fired = torch.zeros(sae_config.d_sae, dtype=torch.long)
+
+    def lr(self) -> float:
+        """Warm-up, constant, then linear decay to zero over the last `decay_fraction` of steps."""
+        config, step = self.config, self.step
+        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        decay_start = self.total_steps * (1 - config.decay_fraction)
+        if step >= decay_start and config.decay_fraction > 0:
+            return config.lr * warm * max(0.0, (self.total_steps - step) / (self.total_steps - decay_start))
+        return config.lr * warm
+
+    def train_step(self, x: torch.Tensor) -> StepStats:
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr()
+        output = self.sae(x)
+        scale = self.sae.config.input_scale
+        error = (x - output.recon) * scale  # (n, d_in) in the scaled units the SAE works in
+        mse = error.pow(2).sum(dim=-1).mean()
+        loss = mse + self._penalty(output) + self._aux_loss(x, output, error.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.sae.project_decoder_grad()
+        torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.sae.normalize_decoder()
+        self._track(x, output)
+        self.step += 1
+        with torch.no_grad():
+            centred = (x - x.mean(dim=0)) * scale
+            fvu = (error.pow(2).sum() / centred.pow(2).sum()).item()
+        dead = (self.tokens_since_fired > self.config.dead_after_tokens).float().mean().item()
+        return StepStats(loss.item(), fvu, output.codes.l0().float().mean().item(), dead)
+
+    def _penalty(self, output: SaeOutput) -> torch.Tensor:
+        if self.sae.config.arch != "relu":
+            return output.codes.values.new_zeros(())
+        norms = self.sae.W_dec.norm(dim=-1)[output.codes.features]
+        return self.config.l1_coefficient * (output.codes.values * norms).sum() / output.codes.n_rows
+
+    def _aux_loss(self, x: torch.Tensor, output: SaeOutput, error: torch.Tensor) -> torch.Tensor:
+        """AuxK: the top `aux_k` dead features must explain the residual error (Gao et al. 2024)."""
+        dead = self.tokens_since_fired > self.config.dead_after_tokens
+        if self.config.aux_coefficient == 0 or not bool(dead.any()) or self.sae.config.arch == "relu":
+            return error.new_zeros(())
+        dead_ids = dead.nonzero().squeeze(-1)
+        k = min(self.config.aux_k, len(dead_ids))
+        picked = output.pre_acts[:, dead_ids].topk(k, dim=-1).indices  # (n, k) into dead_ids
+        features = dead_ids[picked].flatten()
+        rows = torch.arange(x.shape[0]).repeat_interleave(k)
+        values = self.sae.values_at(x * self.sae.config.input_scale, output.pre_acts, rows, features)
+        aux_recon = self.sae.feature_sum(SparseCodes(values, features, rows, x.shape[0], self.sae.config.d_sae))
+        variance = (error - error.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-8)
+        return self.config.aux_coefficient * (error - aux_recon).pow(2).sum(dim=-1).mean() / variance
+
+    @torch.no_grad()
+    def _track(self, x: torch.Tensor, output: SaeOutput) -> None:
+        """Dead-feature counters and, for BatchTopK, the running inference threshold."""
+        fired = torch.bincount(output.codes.features[output.codes.values > 0], minlength=self.sae.config.d_sae) > 0
+        self.tokens_since_fired += x.shape[0]
+        self.tokens_since_fired[fired] = 0
+        if self.sae.config.arch in ("batchtopk", "batchtopk_tied"):
+            positive = output.codes.values[output.codes.values > 0]
+            if len(positive):
+                # Smallest kept pre-activation; values are ReLU(pre) so this is in pre-activation units.
+                lowest = positive.min()
+                threshold = self.sae.threshold
+                threshold.copy_(lowest if threshold < 0 else 0.99 * threshold + 0.01 * lowest)
+
+    def save_checkpoint(self, path: Path) -> None:
+        state = {
+            "sae": self.sae.state_dict(),
+            "sae_config": self.sae.config.model_dump(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "tokens_since_fired": self.tokens_since_fired,
+            "training": self.config.model_dump(mode="json"),
+        }
+        with atomic_path(path) as temp:
+            torch.save(state, temp)
+
+    def load_checkpoint(self, path: Path, config: TrainConfig) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if state["training"] != config.model_dump(mode="json"):
+            raise ThinklensError(f"{path} belongs to a run with other settings: remove it to start over")
+        self.sae.config = SaeConfig(**state["sae_config"])
+        self.sae.load_state_dict(state["sae"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.tokens_since_fired = state["tokens_since_fired"]
+
+
+def _reader_config(config: TrainConfig, layer: int, epochs: int, split: str = "train") -> ReaderConfig:
+    return ReaderConfig(
+        layer=layer,
+        batch_size=config.batch_size,
+        buffer_tokens=config.buffer_tokens,
+        seed=config.seed,
+        epochs=epochs,
+        exclude_special=not config.include_special,
+        exclude_massive=not config.include_massive,
+        split=split,
+        holdout_fraction=config.holdout_fraction,
+        drop_last=True,
+    )
+
+
+def _batches(activations_dir: Path, config: TrainConfig, layer: int, total_steps: int, skip: int) -> Iterator[torch.Tensor]:
+    """Exactly `total_steps` full batches, cycling epochs; the first `skip` are consumed unseen (resume)."""
+    reader = ActivationReader(activations_dir, _reader_config(config, layer, epochs=10**9))
+    for step, batch in enumerate(reader):
+        if step >= total_steps:
+            return
+        if step >= skip:
+            yield batch
+
+
+def _init_sample(activations_dir: Path, config: TrainConfig, layer: int) -> torch.Tensor:
+    """A shuffled sample of training tokens for the data-based initialisation."""
+    sample = replace(_reader_config(config, layer, epochs=1), batch_size=config.init_tokens, drop_last=False)
+    return next(iter(ActivationReader(activations_dir, sample)))
+
+
+def _sae_config(config: TrainConfig, manifest: dict[str, Any], layer: int) -> SaeConfig:
+    d_model = int(manifest["d_model"])
+    return SaeConfig(
+        arch=config.arch,
+        d_in=d_model,
+        d_sae=config.expansion * d_model,
+        k=None if config.arch == "relu" else config.k,
+        model=manifest.get("model"),
+        model_fingerprint=manifest.get("model_fingerprint"),
+        layer=layer,
+        chat_format=manifest.get("chat_format"),
+    )
+
+
+def _status(stats: StepStats) -> str:
+    return f"loss {stats.loss:.4g}  FVU {stats.fvu:.3f}  L0 {stats.l0:.1f}  dead {stats.dead_fraction:.1%}"
+
+
+class _Logger:
+    """JSON lines in sae/training_log.jsonl, and W&B when a project is set."""
+
+    def __init__(self, directory: Path, config: TrainConfig, resume: bool) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.file = open(directory / LOG_FILE, "a" if resume else "w")  # noqa: SIM115 - closed in close()
+        self.run = None
+        if config.wandb_project:
+            import wandb  # optional dependency
+
+            self.run = wandb.init(project=config.wandb_project, config=config.model_dump(mode="json"), resume="allow")
+
+    def log(self, step: int, stats: StepStats, lr: float) -> None:
+        record = {"step": step, **stats.__dict__, "lr": lr}
+        self.file.write(json.dumps(record) + "\n")
+        if self.run is not None:
+            self.run.log(record, step=step)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.run is not None:
+            self.run.finish()
