@@ -19,6 +19,7 @@ from rich.table import Table
 
 from thinklens import __version__
 from thinklens.errors import ThinklensError
+from thinklens.files import write_json_atomic
 
 app = typer.Typer(
     name="thinklens",
@@ -88,7 +89,9 @@ from thinklens.data.collect import CollectConfig, GenerationConfig, collect  # n
 from thinklens.data.segments import PrefixConfig  # noqa: E402
 from thinklens.data.traces import TraceStore, summarize_traces  # noqa: E402
 from thinklens.models.loader import ModelConfig  # noqa: E402
-from thinklens.rundir import activations_dir, record_stage, traces_dir  # noqa: E402
+from thinklens.rundir import activations_dir, record_stage, sae_dir, traces_dir  # noqa: E402
+from thinklens.sae.evaluate import EvalConfig, evaluate  # noqa: E402
+from thinklens.sae.train import TrainConfig, train  # noqa: E402
 
 
 @app.command("collect")
@@ -199,6 +202,65 @@ def harvest_command(
     table.add_row("special / template tokens", f"{sum(index['special']):,}")
     table.add_row("massive-activation tokens", f"{sum(index['massive']):,} (excluded from training by default)")
     console.print(table)
+
+
+@app.command("train")
+@user_errors
+def train_command(
+    run: Annotated[Path, typer.Argument(help="Run directory holding activations/ (from `thinklens harvest`).")],
+    arch: Annotated[str, typer.Option(help=describe(TrainConfig, "arch"))] = "batchtopk_tied",
+    expansion: Annotated[int, typer.Option(help=describe(TrainConfig, "expansion"))] = 8,
+    k: Annotated[int, typer.Option("--k", help=describe(TrainConfig, "k"))] = 32,
+    l1_coefficient: Annotated[float, typer.Option("--l1-coefficient", help=describe(TrainConfig, "l1_coefficient"))] = 5.0,
+    layer: Annotated[int | None, typer.Option(help=describe(TrainConfig, "layer"))] = None,
+    tokens: Annotated[int | None, typer.Option(help=describe(TrainConfig, "tokens"))] = None,
+    epochs: Annotated[int, typer.Option(help=describe(TrainConfig, "epochs"))] = 4,
+    batch_size: Annotated[int, typer.Option("--batch-size", help=describe(TrainConfig, "batch_size"))] = 4096,
+    lr: Annotated[float, typer.Option(help=describe(TrainConfig, "lr"))] = 4e-4,
+    seed: Annotated[int, typer.Option(help=describe(TrainConfig, "seed"))] = 0,
+    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help=describe(TrainConfig, "checkpoint_every"))] = 200,
+    wandb_project: Annotated[str | None, typer.Option("--wandb-project", help=describe(TrainConfig, "wandb_project"))] = None,
+) -> None:
+    """Train an SAE on RUN/activations into RUN/sae (resumes from its checkpoint)."""
+    config = TrainConfig(
+        arch=arch, expansion=expansion, k=k, l1_coefficient=l1_coefficient, layer=layer, tokens=tokens,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
+        wandb_project=wandb_project,
+    )
+    result = train(config, activations_dir(run), sae_dir(run))
+    record_stage(run, "train", config.model_dump(mode="json"), {"steps": result.steps, **result.final})
+    table = Table(title=f"train → {result.sae_dir}", show_header=False)
+    table.add_row("steps / tokens", f"{result.steps:,} / {result.tokens:,}")
+    table.add_row("tokens/s", f"{result.tokens_per_second:,.0f}")
+    table.add_row("last batch FVU / L0 / dead", f"{result.final['fvu']:.3f} / {result.final['l0']:.1f} / {result.final['dead_fraction']:.1%}")
+    console.print(table)
+
+
+@app.command("eval")
+@user_errors
+def eval_command(
+    run: Annotated[Path, typer.Argument(help="Run directory holding sae/, activations/ and traces/.")],
+    lm_sequences: Annotated[int, typer.Option("--lm-sequences", help=describe(EvalConfig, "lm_sequences"))] = 32,
+    batch_size: Annotated[int, typer.Option("--batch-size", help=describe(EvalConfig, "batch_size"))] = 4096,
+) -> None:
+    """Held-out FVU, L0, dead and dense fractions (overall and per segment) and the LM loss cost of RUN/sae."""
+    config = EvalConfig(lm_sequences=lm_sequences, batch_size=batch_size)
+    report = evaluate(sae_dir(run), activations_dir(run), traces_dir(run), config)
+    write_json_atomic(sae_dir(run) / "eval.json", report.as_dict())
+    record_stage(run, "eval", config.model_dump(mode="json"), {"fvu": report.overall.fvu, **report.lm})
+    table = Table(title=f"eval of {sae_dir(run)} on held-out sequences")
+    for column in ("segment", "tokens", "FVU", "L0"):
+        table.add_column(column, justify="right" if column != "segment" else "left")
+    for name, metrics in [("all", report.overall), *report.segments.items()]:
+        table.add_row(name, f"{metrics.tokens:,}", f"{metrics.fvu:.3f}", f"{metrics.l0:.1f}")
+    console.print(table)
+    console.print(f"dead features {report.dead_fraction:.1%}, dense features {report.dense_fraction:.1%}")
+    if report.lm:
+        lm = report.lm
+        console.print(
+            f"next-token loss: clean {lm['clean']:.3f}, spliced {lm['spliced']:.3f} (Δ {lm['delta']:+.3f}), "
+            f"zero-ablated {lm['zero_ablated']:.3f}; loss recovered {lm['loss_recovered']:.1%}"
+        )
 
 
 def main() -> None:

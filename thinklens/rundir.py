@@ -25,6 +25,10 @@ def activations_dir(run: Path) -> Path:
     return Path(run) / "activations"
 
 
+def sae_dir(run: Path) -> Path:
+    return Path(run) / "sae"
+
+
 def record_stage(run: Path, stage: str, asked: dict[str, Any], resolved: dict[str, Any]) -> Path:
     """Write what a stage was asked and what it resolved to under `stage:` in RUN/run.yaml."""
     path = Path(run) / RUN_YAML

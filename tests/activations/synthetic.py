@@ -41,3 +41,43 @@ def write_synthetic_store(
         "dtype": "float32", "shards": [shard.__dict__ for shard in plan], "complete": True,
     })
     return store
+
+
+def write_store_from_array(directory: Path, data: np.ndarray, tokens_per_sequence: int, shard_tokens: int,
+                           layer: int = 0) -> ActivationStore:
+    """A store holding `data` (n, d) row by row, every token a 'thinking' token with nothing flagged."""
+    store = ActivationStore(directory)
+    n, d_model = data.shape
+    n_sequences = n // tokens_per_sequence
+    plan = plan_shards(list(range(n_sequences)), [tokens_per_sequence] * n_sequences, shard_tokens)
+    for shard in plan:
+        rows = np.arange(shard.first_row, shard.first_row + shard.rows)
+        columns = {
+            "row": rows,
+            "sequence_id": rows // tokens_per_sequence,
+            "token_idx": (rows % tokens_per_sequence).astype(np.int32),
+            "token_id": np.zeros(shard.rows, dtype=np.int32),
+            "segment": np.full(shard.rows, 2, dtype=np.uint8),
+            "special": np.zeros(shard.rows, dtype=bool),
+            "norm": np.linalg.norm(data[rows], axis=1).astype(np.float32),
+            "norm_ratio": np.ones(shard.rows, dtype=np.float32),
+            "massive": np.zeros(shard.rows, dtype=bool),
+        }
+        index = pa.Table.from_arrays([pa.array(columns[f.name], type=f.type) for f in INDEX_SCHEMA], schema=INDEX_SCHEMA)
+        store.write_shard_files(shard.shard, {layer: np.ascontiguousarray(data[rows], dtype=np.float32)}, index)
+    store.write_manifest({
+        "format_version": STORE_FORMAT_VERSION, "identity": {}, "layers": [layer], "d_model": d_model,
+        "dtype": "float32", "shards": [shard.__dict__ for shard in plan], "complete": True,
+    })
+    return store
+
+
+def sparse_mixture(n: int, d_model: int, n_directions: int, active: int, seed: int = 0) -> np.ndarray:
+    """Tokens that are sums of `active` of `n_directions` random unit directions, plus a shared offset."""
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((n_directions, d_model))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    picks = np.argsort(rng.random((n, n_directions)), axis=1)[:, :active]
+    weights = rng.uniform(1.0, 3.0, (n, active))
+    offset = 4.0 * directions.mean(axis=0)  # residual streams share a large mean
+    return (np.einsum("na,nad->nd", weights, directions[picks]) + offset).astype(np.float32)

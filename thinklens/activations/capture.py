@@ -7,7 +7,7 @@ the forward pass, so neither the later blocks nor the unembedding run.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -62,3 +62,22 @@ def run_to_layers(
         except _StopForward:
             pass
     return dict(captured)
+
+
+@contextmanager
+def edit_resid_post(
+    model: nn.Module, layer: int, edit: Callable[[torch.Tensor], torch.Tensor]
+) -> Iterator[None]:
+    """Replace block `layer`'s output (batch, seq, d_model) by `edit(output)` for every forward pass inside."""
+    _, blocks = decoder_blocks(model)
+
+    def hook(_module: nn.Module, _inputs: object, output: object) -> object:
+        if isinstance(output, tuple):
+            return (edit(output[0]), *output[1:])
+        return edit(output)
+
+    handle = blocks[resolve_layer(model, layer)].register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()

@@ -12,6 +12,7 @@ R1 release (DeepSeek-R1 SAEs): a torch state dict {W (d_in, d_sae), b_enc, b_dec
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def load_r1_pt(path: Path, k: int, model: str | None = None, layer: int | None =
     """A public DeepSeek-R1 SAE file: {W (d_in, d_sae), b_enc, b_dec}, tied BatchTopK (math k=128, logic k=64)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise ThinklensError(f"cannot read {path} as a torch state dict ({exc}): check the file") from exc
     missing = {"W", "b_enc", "b_dec"} - set(state)
     if missing:

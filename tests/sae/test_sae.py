@@ -1,0 +1,89 @@
+"""The SAE module: gradients equal a dense reference, exact BatchTopK, batch-independent inference."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from thinklens.sae.sae import ARCHS, Sae, SaeConfig, batch_topk_mask, geometric_median_of
+
+
+def _dense_reference(sae: Sae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The textbook dense computation of the same SAE: (reconstruction, activations)."""
+    scale, k = sae.config.input_scale, sae.config.k
+    pre = (x * scale) @ sae.encoder_weight.T + sae.b_enc
+    with torch.no_grad():
+        if sae.config.arch == "topk":
+            mask = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, pre.topk(k, dim=-1).indices, True)
+        elif sae.config.arch == "relu":
+            mask = pre > 0
+        else:
+            flat_cut = F.relu(pre).flatten().topk(k * len(x)).values[-1]
+            mask = (pre >= flat_cut) & (pre > 0)
+    acts = F.relu(pre) * mask
+    return (acts @ sae.W_dec + sae.b_dec) / scale, acts
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_sparse_paths_give_the_dense_loss_and_gradients(arch):
+    torch.manual_seed(0)
+    sae = Sae(SaeConfig(arch=arch, d_in=16, d_sae=64, k=4)).train()
+    x = torch.randn(32, 16) * 3 + 1
+    sae.init_from_data(x)
+    output = sae(x)
+    ((output.recon - x).pow(2).sum() + 0.1 * output.codes.values.sum()).backward()
+    sparse_grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    sae.zero_grad()
+    recon, acts = _dense_reference(sae, x)
+    ((recon - x).pow(2).sum() + 0.1 * acts.sum()).backward()
+    torch.testing.assert_close(output.codes.dense(), acts.detach())
+    for name, parameter in sae.named_parameters():
+        torch.testing.assert_close(sparse_grads[name], parameter.grad, rtol=1e-4, atol=1e-4)
+    assert ("W_enc" in sparse_grads) == (arch != "batchtopk_tied")
+
+
+def test_batch_topk_worked_example_and_fallback():
+    # k=1 over 2 rows keeps the 2 largest positive values of the whole batch: 9 and 7 (both in row 0).
+    pre = torch.tensor([[9.0, 7.0, -1.0], [5.0, 0.5, -3.0]])
+    assert batch_topk_mask(pre, k=1).tolist() == [[True, True, False], [False, False, False]]
+    # A row holding more than 4k of the top values takes the exact fallback: same as a flat top-k.
+    torch.manual_seed(1)
+    pre = torch.randn(8, 64)
+    pre[0] += 10
+    flat = torch.zeros(8 * 64, dtype=torch.bool)
+    flat[pre.flatten().topk(16).indices] = True
+    assert torch.equal(batch_topk_mask(pre, k=2), flat.view(8, 64))
+
+
+def test_batchtopk_inference_is_batch_independent_once_the_threshold_is_learnt():
+    torch.manual_seed(0)
+    sae = Sae(SaeConfig(arch="batchtopk", d_in=8, d_sae=32, k=3))
+    x = torch.randn(20, 8)
+    sae.threshold.fill_(0.4)
+    sae.eval()
+    together = sae.encode(x).dense()
+    alone = torch.cat([sae.encode(row[None]).dense() for row in x])
+    torch.testing.assert_close(together, alone)
+    assert torch.equal(together > 0, sae.pre_acts(x) > 0.4)
+    assert not torch.equal(sae.encode(x, batch_dependent=True).dense() > 0, together > 0)
+
+
+def test_geometric_median_worked_example():
+    # On a line, the geometric median is the ordinary median: of 0, 1 and 10 it is 1 (the mean is 3.67).
+    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [10.0, 0.0]])
+    torch.testing.assert_close(geometric_median_of(points), torch.tensor([1.0, 0.0]), atol=1e-3, rtol=0)
+
+
+def test_data_init_centres_the_encoder_and_scales_by_a_power_of_two():
+    torch.manual_seed(0)
+    x = torch.randn(256, 16) + 50.0  # a large shared mean, as in residual streams
+    sae = Sae(SaeConfig(arch="topk", d_in=16, d_sae=32, k=4))
+    sae.init_from_data(x, geometric_median=False)
+    scale = sae.config.input_scale
+    assert scale == 2.0 ** round(math.log2(4.0 / x.norm(dim=-1).mean().item()))  # √16 = 4
+    torch.testing.assert_close(sae.b_dec, (x * scale).mean(dim=0))
+    # At initialisation the encoder sees x − b_dec: pre-activations of the mean input are zero.
+    torch.testing.assert_close(sae.pre_acts(x.mean(dim=0, keepdim=True)), torch.zeros(1, 32), atol=1e-4, rtol=0)
