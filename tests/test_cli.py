@@ -135,3 +135,35 @@ def test_harvest_after_collect_and_its_errors(tiny_models, tmp_path):
     assert too_deep.exit_code == 2
     assert _error_line(too_deep) == "error: layer 9 does not exist: LlamaForCausalLM has layers 0..2"
     assert not (tmp_path / "run2" / "activations" / "manifest.json").exists()
+
+
+@pytest.mark.integration
+def test_train_then_eval_report_fvu_l0_dead_and_lm_loss(tiny_models, tmp_path):
+    run = tmp_path / "run"
+    assert _invoke("collect", "--model", str(tiny_models["llama"]), "--limit", "16", "--max-new-tokens", "24",
+                   "--out", str(run)).exit_code == 0
+    assert _invoke("harvest", str(run), "--layer", "1").exit_code == 0
+    trained = _invoke("train", str(run), "--expansion", "2", "--k", "4", "--batch-size", "64", "--epochs", "2",
+                      "--holdout-fraction", "0.3")
+    assert trained.exit_code == 0, trained.output
+    assert (run / "sae" / "cfg.json").is_file()
+    evaluated = _invoke("eval", str(run), "--lm-sequences", "3")
+    assert evaluated.exit_code == 0, evaluated.output
+    for words in ("FVU", "L0", "dead features", "loss recovered", "thinking"):
+        assert words in evaluated.output
+    report = json.loads((run / "sae" / "eval.json").read_text())
+    assert 0 <= report["overall"]["fvu"] < 2 and report["overall"]["l0"] > 0
+    assert report["lm"]["zero_ablated"] > report["lm"]["clean"] > 0
+    assert set(yaml.safe_load((run / "run.yaml").read_text())["stages"]) == {"collect", "harvest", "train", "eval"}
+
+    wrong = tmp_path / "wrong"
+    (wrong / "sae").mkdir(parents=True)
+    (wrong / "activations").symlink_to(run / "activations")
+    (wrong / "traces").symlink_to(run / "traces")
+    from thinklens.sae.formats import save_sae
+    from thinklens.sae.sae import Sae, SaeConfig
+
+    save_sae(Sae(SaeConfig(arch="topk", d_in=128, d_sae=256, k=4)), wrong / "sae")
+    mismatch = _invoke("eval", str(wrong))
+    assert mismatch.exit_code == 2
+    assert "the SAE reads vectors of width 128 but the activations in" in _error_line(mismatch)

@@ -218,13 +218,17 @@ def train_command(
     batch_size: Annotated[int, typer.Option("--batch-size", help=describe(TrainConfig, "batch_size"))] = 4096,
     lr: Annotated[float, typer.Option(help=describe(TrainConfig, "lr"))] = 4e-4,
     seed: Annotated[int, typer.Option(help=describe(TrainConfig, "seed"))] = 0,
+    holdout_fraction: Annotated[
+        float, typer.Option("--holdout-fraction", help=describe(TrainConfig, "holdout_fraction"))
+    ] = 0.05,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help=describe(TrainConfig, "checkpoint_every"))] = 200,
     wandb_project: Annotated[str | None, typer.Option("--wandb-project", help=describe(TrainConfig, "wandb_project"))] = None,
 ) -> None:
     """Train an SAE on RUN/activations into RUN/sae (resumes from its checkpoint)."""
     config = TrainConfig(
         arch=arch, expansion=expansion, k=k, l1_coefficient=l1_coefficient, layer=layer, tokens=tokens,
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, checkpoint_every=checkpoint_every,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, holdout_fraction=holdout_fraction,
+        checkpoint_every=checkpoint_every,
         wandb_project=wandb_project,
     )
     result = train(config, activations_dir(run), sae_dir(run))

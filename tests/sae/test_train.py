@@ -1,0 +1,74 @@
+"""Training: it learns a planted sparse dictionary, and a killed run resumes to the same weights."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.activations.synthetic import sparse_mixture, write_store_from_array
+from thinklens.errors import ThinklensError
+from thinklens.sae.formats import load_sae
+from thinklens.sae.train import CHECKPOINT_FILE, LOG_FILE, TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """24,576 tokens built from 48 planted directions in 32 dimensions, 3 active per token."""
+    run = tmp_path_factory.mktemp("planted")
+    data = sparse_mixture(n=24_576, d_model=32, n_directions=48, active=3)
+    write_store_from_array(run / "activations", data, tokens_per_sequence=64, shard_tokens=4096)
+    return run
+
+
+@pytest.mark.parametrize(("arch", "max_fvu"), [("topk", 0.1), ("batchtopk_tied", 0.15), ("batchtopk", 0.1), ("relu", 0.3)])
+def test_training_recovers_a_planted_sparse_code(planted, tmp_path, arch, max_fvu):
+    config = TrainConfig(arch=arch, expansion=4, k=3, l1_coefficient=0.3, batch_size=512, epochs=6, lr=3e-3,
+                         warmup_steps=10, buffer_tokens=8192, dead_after_tokens=5000, init_tokens=4096,
+                         holdout_fraction=0.1)
+    result = train(config, planted / "activations", tmp_path / "sae", show_progress=False)
+    assert result.final["fvu"] < max_fvu, result.final
+    assert result.final["dead_fraction"] < 0.6
+    log = [json.loads(line) for line in (tmp_path / "sae" / LOG_FILE).read_text().splitlines()]
+    assert len(log) == result.steps and log[-1]["fvu"] < log[0]["fvu"]
+    sae = load_sae(tmp_path / "sae")
+    assert (sae.config.d_sae, sae.config.layer) == (128, 0)
+    assert not (tmp_path / "sae" / CHECKPOINT_FILE).exists()
+    if arch.startswith("batchtopk"):
+        assert sae.threshold > 0  # learnt, so inference does not depend on the batch
+
+
+def test_too_little_data_names_the_fix(planted, tmp_path):
+    with pytest.raises(ThinklensError, match="fewer than one batch"):
+        train(TrainConfig(batch_size=1_000_000), planted / "activations", tmp_path / "sae", show_progress=False)
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(planted, tmp_path):
+    """A real `thinklens train` is killed after a checkpoint; the re-run ends bit-identical to a clean run."""
+    def command(run) -> list[str]:
+        return [sys.executable, "-m", "thinklens.cli", "train", str(run), "--arch", "batchtopk_tied", "--k", "3",
+                "--expansion", "4", "--batch-size", "256", "--epochs", "6", "--checkpoint-every", "10", "--lr", "0.003"]
+
+    for name in ("killed", "whole"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "activations").symlink_to(planted / "activations")
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not (killed / "sae" / CHECKPOINT_FILE).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # let it run past the checkpoint, so the kill loses some steps
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (killed / "sae" / CHECKPOINT_FILE).exists() and not (killed / "sae" / "cfg.json").exists()
+    subprocess.run(command(killed), check=True, capture_output=True)
+    subprocess.run(command(tmp_path / "whole"), check=True, capture_output=True)
+    resumed, whole = load_sae(killed / "sae"), load_sae(tmp_path / "whole" / "sae")
+    for (name, a), (_, b) in zip(resumed.state_dict().items(), whole.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
