@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--expansion", type=int, default=8)
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=4096)
-    parser.add_argument("--tokens", type=int, default=4096 * 60)
+    parser.add_argument("--tokens", type=int, default=4096 * 100)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:

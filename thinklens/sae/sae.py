@@ -137,7 +137,7 @@ class Sae(nn.Module):
     # ------------------------------------------------------------------ encode / decode
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
         """(n, d_sae) pre-activations of (n, d_in) inputs in model units."""
-        return (x * self.config.input_scale) @ self.encoder_weight.T + self.b_enc
+        return torch.addmm(self.b_enc, x * self.config.input_scale, self.encoder_weight.T)
 
     def encode(self, x: torch.Tensor, batch_dependent: bool | None = None) -> SparseCodes:
         """Sparse codes of `x` (n, d_in). BatchTopK selects across the batch while training (or when
@@ -147,7 +147,7 @@ class Sae(nn.Module):
     def _encode(self, x: torch.Tensor, batch_dependent: bool | None) -> tuple[SparseCodes, torch.Tensor]:
         scaled = x * self.config.input_scale
         with torch.no_grad():
-            pre = scaled @ self.encoder_weight.T + self.b_enc  # (n, d_sae)
+            pre = torch.addmm(self.b_enc, scaled, self.encoder_weight.T)  # (n, d_sae)
         rows, features = self._select(pre, batch_dependent)
         values = self.values_at(scaled, pre, rows, features)
         return SparseCodes(values, features, rows, x.shape[0], self.config.d_sae), pre

@@ -249,7 +249,12 @@ def _batches(activations_dir: Path, config: TrainConfig, layer: int, total_steps
 
 def _init_sample(activations_dir: Path, config: TrainConfig, layer: int) -> torch.Tensor:
     """A shuffled sample of training tokens for the data-based initialisation."""
-    sample = replace(_reader_config(config, layer, epochs=1), batch_size=config.init_tokens, drop_last=False)
+    sample = replace(
+        _reader_config(config, layer, epochs=1),
+        batch_size=config.init_tokens,
+        buffer_tokens=2 * config.init_tokens,  # a small buffer: the first batch comes without a full pass
+        drop_last=False,
+    )
     return next(iter(ActivationReader(activations_dir, sample)))
 
 
