@@ -215,7 +215,8 @@ def train_command(
     layer: Annotated[int | None, typer.Option(help=describe(TrainConfig, "layer"))] = None,
     tokens: Annotated[int | None, typer.Option(help=describe(TrainConfig, "tokens"))] = None,
     epochs: Annotated[int, typer.Option(help=describe(TrainConfig, "epochs"))] = 4,
-    batch_size: Annotated[int, typer.Option("--batch-size", help=describe(TrainConfig, "batch_size"))] = 4096,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help=describe(TrainConfig, "batch_size"))] = None,
+    min_steps: Annotated[int, typer.Option("--min-steps", help=describe(TrainConfig, "min_steps"))] = 200,
     lr: Annotated[float, typer.Option(help=describe(TrainConfig, "lr"))] = 4e-4,
     seed: Annotated[int, typer.Option(help=describe(TrainConfig, "seed"))] = 0,
     holdout_fraction: Annotated[
@@ -227,12 +228,13 @@ def train_command(
     """Train an SAE on RUN/activations into RUN/sae (resumes from its checkpoint)."""
     config = TrainConfig(
         arch=arch, expansion=expansion, k=k, l1_coefficient=l1_coefficient, layer=layer, tokens=tokens,
-        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, holdout_fraction=holdout_fraction,
+        epochs=epochs, batch_size=batch_size, min_steps=min_steps, lr=lr, seed=seed, holdout_fraction=holdout_fraction,
         checkpoint_every=checkpoint_every,
         wandb_project=wandb_project,
     )
     result = train(config, activations_dir(run), sae_dir(run))
-    record_stage(run, "train", config.model_dump(mode="json"), {"steps": result.steps, **result.final})
+    record_stage(run, "train", config.model_dump(mode="json"),
+                 {"steps": result.steps, "batch_size": result.batch_size, **result.final})
     table = Table(title=f"train → {result.sae_dir}", show_header=False)
     table.add_row("steps / tokens", f"{result.steps:,} / {result.tokens:,}")
     table.add_row("tokens/s", f"{result.tokens_per_second:,.0f}")

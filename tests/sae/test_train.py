@@ -33,7 +33,7 @@ def test_training_recovers_a_planted_sparse_code(planted, tmp_path, arch, max_fv
                          holdout_fraction=0.1)
     result = train(config, planted / "activations", tmp_path / "sae", show_progress=False)
     assert result.final["fvu"] < max_fvu, result.final
-    assert result.final["dead_fraction"] < 0.6
+    assert result.final["dead_fraction"] < 0.75  # 48 planted directions need 48 of the 128 features
     log = [json.loads(line) for line in (tmp_path / "sae" / LOG_FILE).read_text().splitlines()]
     assert len(log) == result.steps and log[-1]["fvu"] < log[0]["fvu"]
     sae = load_sae(tmp_path / "sae")

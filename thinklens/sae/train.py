@@ -43,7 +43,12 @@ class TrainConfig(BaseModel):
     layer: int | None = Field(default=None, description="Harvested layer to train on; default: the first one.")
     tokens: int | None = Field(default=None, ge=1, description="Training tokens; default: `epochs` passes.")
     epochs: int = Field(default=4, ge=1, description="Passes over the training split when `tokens` is not set.")
-    batch_size: int = Field(default=4096, ge=1, description="Tokens per optimisation step.")
+    batch_size: int | None = Field(
+        default=None, ge=1, description="Tokens per step; default 4096, or 1/16 of the data when that is smaller."
+    )
+    min_steps: int = Field(
+        default=200, ge=0, description="Small stores get more epochs to reach this many steps (unless --tokens)."
+    )
     lr: float = Field(default=4e-4, gt=0, description="Peak Adam learning rate.")
     warmup_steps: int = Field(default=50, ge=0, description="Linear warm-up steps.")
     decay_fraction: float = Field(default=0.2, ge=0, le=1, description="Final share of steps with linear decay to 0.")
@@ -70,6 +75,7 @@ class TrainResult:
     tokens: int
     seconds: float
     final: dict[str, float]
+    batch_size: int
 
     @property
     def tokens_per_second(self) -> float:
@@ -90,13 +96,17 @@ def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progre
     store = ActivationStore(activations_dir)
     manifest = store.manifest()
     layer = manifest["layers"][0] if config.layer is None else config.layer
-    reader = ActivationReader(activations_dir, _reader_config(config, layer, epochs=1))
-    if reader.n_tokens < config.batch_size:
+    n_train = ActivationReader(activations_dir, _reader_config(config, layer, epochs=1)).n_tokens
+    config = _resolve(config, n_train)
+    if n_train < config.batch_size:
         raise ThinklensError(
-            f"only {reader.n_tokens} training tokens in {activations_dir}, fewer than one batch of {config.batch_size}: "
+            f"only {n_train} training tokens in {activations_dir}, fewer than one batch of {config.batch_size}: "
             "collect and harvest more traces or lower --batch-size"
         )
-    total_steps = (config.tokens or config.epochs * reader.n_tokens) // config.batch_size
+    steps_per_epoch = n_train // config.batch_size
+    total_steps = (config.tokens or config.epochs * n_train) // config.batch_size
+    if config.tokens is None and total_steps < config.min_steps:
+        total_steps = math.ceil(config.min_steps / steps_per_epoch) * steps_per_epoch
     trainer = _Trainer(config, _sae_config(config, manifest, layer), total_steps)
     checkpoint = Path(sae_dir) / CHECKPOINT_FILE
     if checkpoint.is_file():
@@ -118,7 +128,8 @@ def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progre
     checkpoint.unlink(missing_ok=True)
     logger.close()
     final = {"loss": stats.loss, "fvu": stats.fvu, "l0": stats.l0, "dead_fraction": stats.dead_fraction}
-    return TrainResult(Path(sae_dir), trainer.step, trainer.step * config.batch_size, time.perf_counter() - started, final)
+    seconds = time.perf_counter() - started
+    return TrainResult(Path(sae_dir), trainer.step, trainer.step * config.batch_size, seconds, final, config.batch_size)
 
 
 class _Trainer:
@@ -222,10 +233,17 @@ class _Trainer:
         self.tokens_since_fired = state["tokens_since_fired"]
 
 
+def _resolve(config: TrainConfig, n_train: int) -> TrainConfig:
+    """The config with its automatic values filled in (what run.yaml and the SAE metadata record)."""
+    if config.batch_size is not None:
+        return config
+    return config.model_copy(update={"batch_size": min(4096, max(128, n_train // 16))})
+
+
 def _reader_config(config: TrainConfig, layer: int, epochs: int, split: str = "train") -> ReaderConfig:
     return ReaderConfig(
         layer=layer,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size or 4096,
         buffer_tokens=config.buffer_tokens,
         seed=config.seed,
         epochs=epochs,
