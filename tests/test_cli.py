@@ -149,10 +149,11 @@ def test_train_then_eval_report_fvu_l0_dead_and_lm_loss(tiny_models, tmp_path):
     assert (run / "sae" / "cfg.json").is_file()
     evaluated = _invoke("eval", str(run), "--lm-sequences", "3")
     assert evaluated.exit_code == 0, evaluated.output
-    for words in ("FVU", "L0", "dead features", "loss recovered", "thinking"):
+    for words in ("FVU", "L0", "dead", "dense", "loss recovered", "thinking"):
         assert words in evaluated.output
     report = json.loads((run / "sae" / "eval.json").read_text())
     assert 0 <= report["overall"]["fvu"] < 2 and report["overall"]["l0"] > 0
+    assert 0 <= report["overall"]["dead_fraction"] <= report["segments"]["thinking"]["dead_fraction"] <= 1
     assert report["lm"]["zero_ablated"] > report["lm"]["clean"] > 0
     assert set(yaml.safe_load((run / "run.yaml").read_text())["stages"]) == {"collect", "harvest", "train", "eval"}
 

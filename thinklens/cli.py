@@ -255,12 +255,12 @@ def eval_command(
     write_json_atomic(sae_dir(run) / "eval.json", report.as_dict())
     record_stage(run, "eval", config.model_dump(mode="json"), {"fvu": report.overall.fvu, **report.lm})
     table = Table(title=f"eval of {sae_dir(run)} on held-out sequences")
-    for column in ("segment", "tokens", "FVU", "L0"):
+    for column in ("segment", "tokens", "FVU", "L0", "dead", "dense"):
         table.add_column(column, justify="right" if column != "segment" else "left")
     for name, metrics in [("all", report.overall), *report.segments.items()]:
-        table.add_row(name, f"{metrics.tokens:,}", f"{metrics.fvu:.3f}", f"{metrics.l0:.1f}")
+        table.add_row(name, f"{metrics.tokens:,}", f"{metrics.fvu:.3f}", f"{metrics.l0:.1f}",
+                      f"{metrics.dead_fraction:.1%}", f"{metrics.dense_fraction:.1%}")
     console.print(table)
-    console.print(f"dead features {report.dead_fraction:.1%}, dense features {report.dense_fraction:.1%}")
     if report.lm:
         lm = report.lm
         console.print(

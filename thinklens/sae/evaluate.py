@@ -29,7 +29,7 @@ from thinklens.data.segments import SEGMENT_NAMES
 from thinklens.errors import ThinklensError
 from thinklens.models.loader import LoadedModel, ModelConfig, load_model
 from thinklens.sae.formats import check_width, load_sae, sae_metadata
-from thinklens.sae.sae import Sae
+from thinklens.sae.sae import Sae, SaeOutput
 
 
 class EvalConfig(BaseModel):
@@ -48,22 +48,20 @@ class SegmentMetrics:
     tokens: int
     fvu: float
     l0: float
+    dead_fraction: float = float("nan")
+    dense_fraction: float = float("nan")
 
 
 @dataclass
 class EvalReport:
     overall: SegmentMetrics
     segments: dict[str, SegmentMetrics]
-    dead_fraction: float
-    dense_fraction: float
     lm: dict[str, float] = field(default_factory=dict)  # clean, spliced, zero_ablated, delta, loss_recovered
 
     def as_dict(self) -> dict:
         return {
             "overall": self.overall.__dict__,
             "segments": {name: metrics.__dict__ for name, metrics in self.segments.items()},
-            "dead_fraction": self.dead_fraction,
-            "dense_fraction": self.dense_fraction,
             "lm": self.lm,
         }
 
@@ -71,22 +69,40 @@ class EvalReport:
 class _Accumulator:
     """Streaming sums for FVU and L0 (float64, so millions of tokens add up exactly enough)."""
 
-    def __init__(self, d_in: int) -> None:
+    def __init__(self, d_in: int, d_sae: int) -> None:
         self.tokens, self.squared_error, self.squared_norm, self.active = 0, 0.0, 0.0, 0
         self.total = torch.zeros(d_in, dtype=torch.float64)
+        self.fired = torch.zeros(d_sae, dtype=torch.long)  # tokens on which each feature fired
 
-    def add(self, x: torch.Tensor, recon: torch.Tensor, active: int) -> None:
+    def add(self, x: torch.Tensor, output: SaeOutput) -> None:
+        active = output.codes.values > 0
         self.tokens += len(x)
-        self.squared_error += (x - recon).double().pow(2).sum().item()
+        self.squared_error += (x - output.recon).double().pow(2).sum().item()
         self.squared_norm += x.double().pow(2).sum().item()
         self.total += x.double().sum(dim=0)
-        self.active += active
+        self.active += int(active.sum())
+        self.fired += torch.bincount(output.codes.features[active], minlength=len(self.fired))
 
-    def metrics(self) -> SegmentMetrics:
+    def merge(self, other: _Accumulator) -> None:
+        self.tokens += other.tokens
+        self.squared_error += other.squared_error
+        self.squared_norm += other.squared_norm
+        self.total += other.total
+        self.active += other.active
+        self.fired += other.fired
+
+    def metrics(self, dense_threshold: float) -> SegmentMetrics:
         if self.tokens == 0:
             return SegmentMetrics(0, float("nan"), float("nan"))
         centred = self.squared_norm - self.total.pow(2).sum().item() / self.tokens  # Σ‖x − x̄‖²
-        return SegmentMetrics(self.tokens, self.squared_error / max(centred, 1e-12), self.active / self.tokens)
+        rate = self.fired.double() / self.tokens
+        return SegmentMetrics(
+            tokens=self.tokens,
+            fvu=self.squared_error / max(centred, 1e-12),
+            l0=self.active / self.tokens,
+            dead_fraction=(self.fired == 0).double().mean().item(),
+            dense_fraction=(rate > dense_threshold).double().mean().item(),
+        )
 
 
 @torch.no_grad()
@@ -108,32 +124,22 @@ def evaluate(
     exclude_special = not training.get("include_special", False)
     exclude_massive = not training.get("include_massive", False)
 
-    fired = torch.zeros(sae.config.d_sae, dtype=torch.long)
-    overall, per_segment = _Accumulator(sae.config.d_in), {}
+    overall, per_segment = _Accumulator(sae.config.d_in, sae.config.d_sae), {}
     for name in SEGMENT_NAMES:
         reader = ActivationReader(activations_dir, ReaderConfig(
             layer=layer, batch_size=config.batch_size, segments=(name,), split="holdout", holdout_fraction=fraction,
             exclude_special=exclude_special, exclude_massive=exclude_massive, buffer_tokens=config.batch_size,
         ))
-        accumulator = _Accumulator(sae.config.d_in)
+        accumulator = _Accumulator(sae.config.d_in, sae.config.d_sae)
         for x in reader:
-            output = sae(x)
-            active = output.codes.values > 0
-            fired += torch.bincount(output.codes.features[active], minlength=sae.config.d_sae)
-            accumulator.add(x, output.recon, int(active.sum()))
-            overall.add(x, output.recon, int(active.sum()))
-        per_segment[name] = accumulator.metrics()
+            accumulator.add(x, sae(x))
+        overall.merge(accumulator)
+        per_segment[name] = accumulator.metrics(config.dense_threshold)
     if overall.tokens == 0:
         raise ThinklensError(
             f"no held-out tokens in {activations_dir} (hold-out fraction {fraction}): collect more traces or raise it"
         )
-    rate = fired.double() / overall.tokens
-    report = EvalReport(
-        overall=overall.metrics(),
-        segments=per_segment,
-        dead_fraction=(fired == 0).double().mean().item(),
-        dense_fraction=(rate > config.dense_threshold).double().mean().item(),
-    )
+    report = EvalReport(overall=overall.metrics(config.dense_threshold), segments=per_segment)
     if config.lm_sequences:
         loaded = loaded or load_model(ModelConfig(**manifest["identity"]["traces"]["model"]))
         report.lm = lm_cost(sae, layer, loaded, store, traces_dir, fraction, config.lm_sequences,

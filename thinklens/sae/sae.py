@@ -193,12 +193,13 @@ class Sae(nn.Module):
 
     # ------------------------------------------------------------------ initialisation
     @torch.no_grad()
-    def init_from_data(self, sample: torch.Tensor, geometric_median: bool = True) -> None:
+    def init_from_data(self, sample: torch.Tensor, geometric_median: bool = True, scale_inputs: bool = True) -> None:
         """Set input_scale, b_dec (geometric median or mean) and b_enc from a sample (n, d_in)."""
-        mean_norm = sample.norm(dim=-1).mean().item()
-        # A power of two, so that folding the scale into the weights on save is exact.
-        scale = 2.0 ** round(math.log2(math.sqrt(self.config.d_in) / mean_norm))
-        self.config = self.config.model_copy(update={"input_scale": scale})
+        if scale_inputs:
+            mean_norm = sample.norm(dim=-1).mean().item()
+            # A power of two, so that folding the scale into the weights on save is exact.
+            scale = 2.0 ** round(math.log2(math.sqrt(self.config.d_in) / mean_norm))
+            self.config = self.config.model_copy(update={"input_scale": scale})
         scaled = sample * self.config.input_scale
         centre = geometric_median_of(scaled) if geometric_median else scaled.mean(dim=0)
         self.b_dec.copy_(centre)

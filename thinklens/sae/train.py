@@ -56,6 +56,9 @@ class TrainConfig(BaseModel):
     aux_k: int = Field(default=256, ge=1, description="Dead features used by the AuxK loss.")
     aux_coefficient: float = Field(default=1 / 32, ge=0, description="Weight of the AuxK loss.")
     dead_after_tokens: int = Field(default=50_000, ge=1, description="A feature unseen for this many tokens is dead.")
+    normalize_inputs: bool = Field(
+        default=True, description="Scale inputs by a power of two to mean norm ≈ √d_model (folded into the saved weights)."
+    )
     b_dec_init: str = Field(default="geometric_median", pattern="^(geometric_median|mean)$",
                             description="Decoder bias initialisation from a data sample.")
     init_tokens: int = Field(default=16384, ge=1, description="Sample size for the data-based initialisation.")
@@ -112,7 +115,11 @@ def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progre
     if checkpoint.is_file():
         trainer.load_checkpoint(checkpoint, config)
     else:
-        trainer.sae.init_from_data(_init_sample(activations_dir, config, layer), config.b_dec_init == "geometric_median")
+        trainer.sae.init_from_data(
+            _init_sample(activations_dir, config, layer),
+            geometric_median=config.b_dec_init == "geometric_median",
+            scale_inputs=config.normalize_inputs,
+        )
     batches = _batches(activations_dir, config, layer, total_steps, skip=trainer.step)
     logger = _Logger(Path(sae_dir), config, resume=trainer.step > 0)
     stats = StepStats(math.nan, math.nan, math.nan, math.nan)
@@ -302,7 +309,10 @@ class _Logger:
         self.file = open(directory / LOG_FILE, "a" if resume else "w")  # noqa: SIM115 - closed in close()
         self.run = None
         if config.wandb_project:
-            import wandb  # optional dependency
+            try:
+                import wandb  # optional dependency
+            except ImportError:
+                raise ThinklensError("--wandb-project needs W&B: run `pip install wandb` (WANDB_MODE=offline works)") from None
 
             self.run = wandb.init(project=config.wandb_project, config=config.model_dump(mode="json"), resume="allow")
 
