@@ -48,10 +48,18 @@ def render() -> str:
     lines = ["Global options (before the sub-command):", "", "| option | description | default |", "|---|---|---|"]
     lines += _option_rows(group)
     for name in sorted(group.commands):
-        command = group.commands[name]
-        lines += ["", f"### `thinklens {name}`", "", _cell(command.help or ""), ""]
-        lines += ["| option | description | default |", "|---|---|---|", *_option_rows(command)]
+        lines += _command_section(f"thinklens {name}", group.commands[name])
     return "\n".join(lines) + "\n"
+
+
+def _command_section(title: str, command) -> list[str]:
+    """A command's section; a group (`features`) lists its own arguments, then each sub-command."""
+    lines = ["", f"### `{title}`", "", _cell(command.help or ""), ""]
+    lines += ["| option | description | default |", "|---|---|---|", *_option_rows(command)]
+    arguments = " ".join(p.name.upper() for p in command.params if p.param_type_name == "argument")
+    for name in sorted(getattr(command, "commands", {})):
+        lines += _command_section(f"{title} {arguments} {name}".replace("  ", " "), command.commands[name])
+    return lines
 
 
 def current_block(readme: str) -> str:

@@ -11,6 +11,11 @@ from pathlib import Path
 import pytest
 
 from tests.tiny import FAMILIES, build_tiny_model, build_tokenizer
+from thinklens.activations.harvest import HarvestConfig, harvest
+from thinklens.data.collect import CollectConfig, GenerationConfig, collect
+from thinklens.features.build import IndexConfig, build_index
+from thinklens.models.loader import ModelConfig
+from thinklens.sae.train import TrainConfig, train
 
 # Set before any test module imports `datasets` or `transformers`, which read these at import time:
 # no network, and nothing written to the real home (HF caches and thinklens' cache live in tmp).
@@ -44,3 +49,20 @@ def smollm2():
     from thinklens.models.loader import ModelConfig, load_model
 
     return load_model(ModelConfig(model="smollm2", device="cpu"))
+
+
+@pytest.fixture(scope="session")
+def indexed_run(tiny_models, tmp_path_factory) -> Path:
+    """A complete tiny run: traces → activations → SAE → features.db."""
+    run = tmp_path_factory.mktemp("indexed-run")
+    collect(
+        CollectConfig(model=ModelConfig(model=str(tiny_models["llama"]), device="cpu"), prompts="arithmetic", limit=24,
+                      generation=GenerationConfig(max_new_tokens=32, batch_size=12)),
+        run / "traces", show_progress=False,
+    )
+    harvest(HarvestConfig(layers=(1,), shard_tokens=600), run / "traces", run / "activations", show_progress=False)
+    train(TrainConfig(arch="topk", expansion=2, k=4, batch_size=128, min_steps=60), run / "activations", run / "sae",
+          show_progress=False)
+    build_index(IndexConfig(top=8, quantile_samples=4, batch_size=256), run / "sae", run / "activations",
+                run / "traces", run / "features.db", show_progress=False)
+    return run

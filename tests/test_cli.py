@@ -168,3 +168,26 @@ def test_train_then_eval_report_fvu_l0_dead_and_lm_loss(tiny_models, tmp_path):
     mismatch = _invoke("eval", str(wrong))
     assert mismatch.exit_code == 2
     assert "the SAE reads vectors of width 128 but the activations in" in _error_line(mismatch)
+
+
+@pytest.mark.integration
+def test_index_and_feature_queries(indexed_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("traces", "activations", "sae"):
+        (run / name).symlink_to(indexed_run / name)
+    result = _invoke("index", str(run), "--top", "8")
+    assert result.exit_code == 0, result.output
+    assert "bytes/token" in result.output and (run / "features.db").is_file()
+    shown = _invoke("features", str(run), "show", "0", "--top", "3")
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.startswith("feature 0") and "top logits:" in shown.output
+    assert _invoke("features", str(run), "search", "").exit_code == 0
+    close = _invoke("features", str(run), "neighbors", "0", "-n", "2")
+    assert close.exit_code == 0 and len(close.output.strip().splitlines()) == 2
+    explained = _invoke("features", str(run), "explain-text", "Okay, so 2 + 3")
+    assert explained.exit_code == 0, explained.output
+    missing = _invoke("features", str(run), "show", "123456")
+    assert missing.exit_code == 2 and "feature 123456 does not exist" in _error_line(missing)
+    no_db = _invoke("features", str(tmp_path), "show", "0")
+    assert no_db.exit_code == 2 and "run `thinklens index" in _error_line(no_db)

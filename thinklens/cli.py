@@ -16,6 +16,7 @@ import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from thinklens import __version__
 from thinklens.errors import ThinklensError
@@ -88,8 +89,10 @@ from thinklens.activations.store import ActivationStore  # noqa: E402
 from thinklens.data.collect import CollectConfig, GenerationConfig, collect  # noqa: E402
 from thinklens.data.segments import PrefixConfig  # noqa: E402
 from thinklens.data.traces import TraceStore, summarize_traces  # noqa: E402
+from thinklens.features.build import IndexConfig, build_index  # noqa: E402
+from thinklens.features.db import FeatureDB, neighbors  # noqa: E402
 from thinklens.models.loader import ModelConfig  # noqa: E402
-from thinklens.rundir import activations_dir, record_stage, sae_dir, traces_dir  # noqa: E402
+from thinklens.rundir import activations_dir, features_db, record_stage, sae_dir, traces_dir  # noqa: E402
 from thinklens.sae.evaluate import EvalConfig, evaluate  # noqa: E402
 from thinklens.sae.train import TrainConfig, train  # noqa: E402
 
@@ -267,6 +270,121 @@ def eval_command(
             f"next-token loss: clean {lm['clean']:.3f}, spliced {lm['spliced']:.3f} (Δ {lm['delta']:+.3f}), "
             f"zero-ablated {lm['zero_ablated']:.3f}; loss recovered {lm['loss_recovered']:.1%}"
         )
+
+
+@app.command("index")
+@user_errors
+def index_command(
+    run: Annotated[Path, typer.Argument(help="Run directory holding sae/, activations/ and traces/.")],
+    top: Annotated[int, typer.Option(help=describe(IndexConfig, "top"))] = 64,
+    quantile_samples: Annotated[int, typer.Option("--quantile-samples", help=describe(IndexConfig, "quantile_samples"))] = 16,
+    store_all: Annotated[bool, typer.Option("--all", help=describe(IndexConfig, "store_all"))] = False,
+    batch_size: Annotated[int, typer.Option("--batch-size", help=describe(IndexConfig, "batch_size"))] = 4096,
+) -> None:
+    """Encode RUN/activations with RUN/sae into RUN/features.db (public R1 schema + our own tables)."""
+    config = IndexConfig(top=top, quantile_samples=quantile_samples, store_all=store_all, batch_size=batch_size)
+    result = build_index(config, sae_dir(run), activations_dir(run), traces_dir(run), features_db(run))
+    record_stage(run, "index", config.model_dump(mode="json"), {"db_bytes": result.db_bytes})
+    table = Table(title=f"index → {result.db_path}", show_header=False)
+    table.add_row("tokens / indexed", f"{result.tokens:,} / {result.indexed_tokens:,}")
+    table.add_row("tokens/s", f"{result.tokens_per_second:,.0f}")
+    table.add_row("size", f"{result.db_bytes / 2**20:,.1f} MiB ({result.db_bytes / result.tokens:,.0f} bytes/token)")
+    console.print(table)
+
+
+features_app = typer.Typer(help="Query RUN/features.db: show, search, explain-text, neighbors.", no_args_is_help=True)
+app.add_typer(features_app, name="features")
+
+
+@features_app.callback()
+def features_run(
+    context: typer.Context,
+    run: Annotated[Path, typer.Argument(help="Run directory holding features.db (and sae/ for neighbors, explain-text).")],
+) -> None:
+    """Query RUN/features.db: `thinklens features RUN show F`."""
+    context.obj = run
+
+
+@features_app.command("show")
+@user_errors
+def features_show(
+    context: typer.Context,
+    feature: Annotated[int, typer.Argument(help="Feature id.")],
+    top: Annotated[int, typer.Option(help="Examples to show.")] = 10,
+    window: Annotated[int, typer.Option(help="Context tokens around each example (half on each side).")] = 10,
+) -> None:
+    """Label, statistics, top logits and top examples of FEATURE (activating token highlighted)."""
+    db = FeatureDB(features_db(context.obj))
+    view = db.show(feature, top=top, window=window)
+    console.print(f"[bold]feature {view.feature_id}[/bold]  {view.label or '(no label)'}", highlight=False)
+    rates = "  ".join(f"{name} {rate:.2%}" for name, rate in view.segment_rates.items())
+    console.print(f"fires on {view.density:.3%} of tokens ({view.firing_count:,}); max {view.max_activation:.3g}, "
+                  f"mean {view.mean_activation:.3g}; by segment: {rates}", highlight=False)
+    console.print("top logits:    " + "  ".join(repr(token) for token, _ in view.top_logits), highlight=False)
+    console.print("bottom logits: " + "  ".join(repr(token) for token, _ in view.bottom_logits), highlight=False)
+    for example in view.examples:
+        before, at, after = (part.replace("\n", "⏎") for part in example.parts())
+        line = Text(f"{example.strength:7.3f}  seq {example.sequence_id:<5} ")
+        line.append(before)
+        line.append(at, style="bold black on yellow")
+        line.append(after)
+        console.print(line)
+
+
+@features_app.command("search")
+@user_errors
+def features_search(
+    context: typer.Context,
+    text: Annotated[str, typer.Argument(help="Text to find in labels and top logit tokens.")],
+    limit: Annotated[int, typer.Option(help="Most results.")] = 20,
+) -> None:
+    """Features whose label or top tokens contain TEXT."""
+    results = FeatureDB(features_db(context.obj)).search(text, limit)
+    if not results:
+        console.print(f"no feature matches {text!r}")
+    for feature_id, label, firing in results:
+        console.print(f"{feature_id:>6}  {firing:>8,}  {label}", highlight=False)
+
+
+@features_app.command("neighbors")
+@user_errors
+def features_neighbors(
+    context: typer.Context,
+    feature: Annotated[int, typer.Argument(help="Feature id.")],
+    n: Annotated[int, typer.Option("-n", help="How many neighbours.")] = 10,
+) -> None:
+    """Nearest features of FEATURE by decoder-direction cosine."""
+    from thinklens.sae.formats import load_sae
+
+    run = context.obj
+    close = neighbors(load_sae(sae_dir(run)), feature, n)
+    labels = FeatureDB(features_db(run)).labels([f for f, _ in close])
+    for feature_id, cosine in close:
+        console.print(f"{feature_id:>6}  cos {cosine:+.3f}  {labels.get(feature_id, '')}", highlight=False)
+
+
+@features_app.command("explain-text")
+@user_errors
+def features_explain_text(
+    context: typer.Context,
+    text: Annotated[str, typer.Argument(help="Text to run through the model and the SAE.")],
+    top: Annotated[int, typer.Option(help="Features listed per token.")] = 3,
+) -> None:
+    """Run the model and the SAE on TEXT and list the features firing on each token."""
+    from thinklens.features.explain import explain_text
+    from thinklens.models.loader import load_model
+    from thinklens.sae.formats import load_sae
+
+    run = context.obj
+    sae = load_sae(sae_dir(run))
+    collected = TraceStore(traces_dir(run)).meta()
+    model = ModelConfig(**collected["identity"]["model"]) if collected else ModelConfig(model=sae.config.model or "smollm2")
+    tokens = explain_text(load_model(model), sae, text, top=top)
+    labels = FeatureDB(features_db(run)).labels(sorted({f for token in tokens for f, _ in token.features}))
+    for token in tokens:
+        described = ", ".join(f"{f} {value:.2f} {labels.get(f, '')}" for f, value in token.features)
+        flag = " (massive)" if token.massive else ""
+        console.print(f"{token.token!r:>14}{flag}  {described}", highlight=False)
 
 
 def main() -> None:

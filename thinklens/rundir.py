@@ -29,6 +29,10 @@ def sae_dir(run: Path) -> Path:
     return Path(run) / "sae"
 
 
+def features_db(run: Path) -> Path:
+    return Path(run) / "features.db"
+
+
 def record_stage(run: Path, stage: str, asked: dict[str, Any], resolved: dict[str, Any]) -> Path:
     """Write what a stage was asked and what it resolved to under `stage:` in RUN/run.yaml."""
     path = Path(run) / RUN_YAML

@@ -1,0 +1,275 @@
+"""Build `features.db`: encode the harvested store with the SAE and keep what a reader needs.
+
+The loop: for each shard, for each chunk of rows: read activations and their token index, encode
+(batch-independent), update per-feature counts, sums, segment counts and histograms, offer the
+entries to the top-N and to a uniform reservoir (for quantile samples). Codes are never all held:
+memory is the per-feature state, (d_sae × (N + reservoir)) entries. Then: tokens, sequences,
+features (with the decoder's logit lens), histograms, activations (top N + examples across
+quantiles, or every non-zero activation with `store_all`), heuristic labels and meta — into a temp
+file renamed over `features.db` when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from thinklens.activations.store import ActivationStore
+from thinklens.data.segments import SEGMENT_NAMES
+from thinklens.data.traces import TraceStore
+from thinklens.features.labels import heuristic_labels
+from thinklens.features.schema import migrate
+from thinklens.features.topk import TopPerFeature
+from thinklens.files import atomic_path
+from thinklens.models.loader import ModelConfig, load_tokenizer
+from thinklens.progress import progress_bar
+from thinklens.sae.formats import WEIGHTS_FILE, check_width, load_sae
+from thinklens.sae.sae import Sae
+
+DB_FORMAT_VERSION = 1
+HISTOGRAM_EDGES = np.concatenate([[0.0], np.logspace(-4, 4, 65)])  # activation bins shared by all features
+
+
+class IndexConfig(BaseModel):
+    """What the feature database keeps."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    top: int = Field(default=64, ge=1, description="Top examples kept per feature.")
+    quantile_samples: int = Field(default=16, ge=0, description="Extra examples per feature spread across quantiles.")
+    store_all: bool = Field(default=False, description="Keep every non-zero activation (large; for ad-hoc analysis).")
+    batch_size: int = Field(default=4096, ge=1, description="Tokens encoded together.")
+    include_special: bool = Field(default=False, description="Index special/chat-template tokens too.")
+    include_massive: bool = Field(default=False, description="Index massive-activation tokens too.")
+    logit_tokens: int = Field(default=10, ge=1, description="Top and bottom logit-lens tokens kept per feature.")
+    seed: int = Field(default=0, description="Seed of the quantile sampling.")
+
+
+@dataclass
+class IndexResult:
+    db_path: Path
+    tokens: int
+    indexed_tokens: int
+    seconds: float
+    db_bytes: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class _FeatureStats:
+    """Everything accumulated per feature while encoding."""
+
+    def __init__(self, d_sae: int, config: IndexConfig) -> None:
+        self.firing = torch.zeros(d_sae, dtype=torch.long)
+        self.total = torch.zeros(d_sae, dtype=torch.float64)
+        self.per_segment = torch.zeros(d_sae, len(SEGMENT_NAMES), dtype=torch.long)
+        self.histogram = torch.zeros(d_sae, len(HISTOGRAM_EDGES), dtype=torch.long)
+        self.segment_tokens = torch.zeros(len(SEGMENT_NAMES), dtype=torch.long)
+        self.top = TopPerFeature(d_sae, config.top)
+        self.reservoir = TopPerFeature(d_sae, max(4 * config.quantile_samples, 1))  # uniform sample via random keys
+        self.generator = torch.Generator().manual_seed(config.seed)
+
+    def add(self, features: torch.Tensor, values: torch.Tensor, sequence_ids: torch.Tensor, token_idx: torch.Tensor,
+            segments: torch.Tensor) -> None:
+        d_sae = len(self.firing)
+        self.firing += torch.bincount(features, minlength=d_sae)
+        self.total.index_add_(0, features, values.double())
+        self.per_segment += torch.bincount(features * len(SEGMENT_NAMES) + segments,
+                                           minlength=d_sae * len(SEGMENT_NAMES)).view(d_sae, -1)
+        bins = torch.bucketize(values, torch.from_numpy(HISTOGRAM_EDGES).float())
+        self.histogram += torch.bincount(features * self.histogram.shape[1] + bins.clamp_max(self.histogram.shape[1] - 1),
+                                         minlength=self.histogram.numel()).view(d_sae, -1)
+        self.top.update(features, values, values, sequence_ids, token_idx)
+        keys = torch.rand(len(values), generator=self.generator)  # the N largest random keys: a uniform sample
+        self.reservoir.update(features, keys, values, sequence_ids, token_idx)
+
+
+def build_index(
+    config: IndexConfig,
+    sae_dir: Path,
+    activations_dir: Path,
+    traces_dir: Path,
+    db_path: Path,
+    show_progress: bool = True,
+) -> IndexResult:
+    """Encode every stored token with the SAE and write `db_path` (atomically)."""
+    started = time.perf_counter()
+    sae = load_sae(sae_dir)
+    store = ActivationStore(activations_dir)
+    manifest = store.manifest()
+    check_width(sae, int(manifest["d_model"]), f"the activations in {activations_dir}")
+    layer = sae.config.layer if sae.config.layer in manifest["layers"] else manifest["layers"][0]
+    tokenizer = load_tokenizer(ModelConfig(**manifest["identity"]["traces"]["model"]))
+    stats = _FeatureStats(sae.config.d_sae, config)
+    indexed = 0
+    with atomic_path(Path(db_path)) as temp:
+        connection = sqlite3.connect(temp)
+        connection.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;")  # a temp file until renamed
+        migrate(connection)
+        vocabulary: set[int] = set()
+        with progress_bar("index", total=store.token_count, enabled=show_progress) as bar:
+            for shard in store.shards():
+                index = store.read_index(shard).to_pydict()
+                _insert_tokens(connection, index)
+                vocabulary.update(np.unique(index["token_id"]).tolist())
+                for start in range(0, shard.rows, config.batch_size):
+                    stop = min(start + config.batch_size, shard.rows)
+                    indexed += _encode_chunk(sae, store, layer, shard, index, start, stop, config, stats, connection)
+                    bar.advance(stop - start, tokens=stop - start)
+        _insert_vocab(connection, tokenizer, vocabulary)
+        _insert_sequences(connection, traces_dir)
+        _insert_features(connection, sae, stats, indexed, _unembedding(manifest), tokenizer, config.logit_tokens)
+        if not config.store_all:
+            _insert_examples(connection, stats, config)
+        connection.executemany(
+            "INSERT OR REPLACE INTO autointerp VALUES (?, ?, ?, ?, NULL, NULL, 'heuristic', 'heuristic-v1')",
+            heuristic_labels(connection),
+        )
+        _insert_meta(connection, sae_dir, sae, manifest, config, store.token_count, indexed)
+        connection.commit()
+        connection.execute("ANALYZE")
+        connection.close()
+    size = Path(db_path).stat().st_size
+    return IndexResult(Path(db_path), store.token_count, indexed, time.perf_counter() - started, size)
+
+
+@torch.no_grad()
+def _encode_chunk(sae: Sae, store: ActivationStore, layer: int, shard, index: dict[str, list], start: int, stop: int,
+                  config: IndexConfig, stats: _FeatureStats, connection: sqlite3.Connection) -> int:
+    keep = np.ones(stop - start, dtype=bool)
+    if not config.include_special:
+        keep &= ~np.asarray(index["special"][start:stop], dtype=bool)
+    if not config.include_massive:
+        keep &= ~np.asarray(index["massive"][start:stop], dtype=bool)
+    rows = np.flatnonzero(keep)
+    if len(rows) == 0:
+        return 0
+    x = store.read_rows(layer, shard, slice(start, stop)).float()[torch.from_numpy(rows)]
+    codes = sae.encode(x, batch_dependent=False)
+    active = codes.values > 0
+    features, values = codes.features[active], codes.values[active]
+    positions = torch.from_numpy(rows + start)[codes.rows[active]]  # row offsets within the shard
+    sequence_ids = torch.as_tensor(index["sequence_id"])[positions]
+    token_idx = torch.as_tensor(index["token_idx"], dtype=torch.long)[positions]
+    segments = torch.as_tensor(index["segment"], dtype=torch.long)
+    stats.segment_tokens += torch.bincount(segments[torch.from_numpy(rows + start)], minlength=len(SEGMENT_NAMES))
+    stats.add(features, values, sequence_ids, token_idx, segments[positions])
+    if config.store_all:
+        connection.executemany(
+            "INSERT INTO activations VALUES (?, ?, ?, ?)",
+            zip(features.tolist(), sequence_ids.tolist(), token_idx.tolist(), values.tolist(), strict=True),
+        )
+    return len(rows)
+
+
+def _insert_tokens(connection: sqlite3.Connection, index: dict[str, list]) -> None:
+    connection.executemany(
+        "INSERT INTO token_ids VALUES (?, ?, ?, ?)",
+        zip(index["sequence_id"], index["token_idx"], index["token_id"], index["segment"], strict=True),
+    )
+
+
+def _insert_vocab(connection: sqlite3.Connection, tokenizer: Any, vocabulary: set[int]) -> None:
+    ids = sorted(vocabulary)
+    connection.executemany("INSERT INTO vocab VALUES (?, ?)", ((t, tokenizer.decode([t])) for t in ids))
+    connection.executemany("INSERT INTO segments VALUES (?, ?)", enumerate(SEGMENT_NAMES))
+
+
+def _insert_sequences(connection: sqlite3.Connection, traces_dir: Path) -> None:
+    columns = ["sequence_id", "prompt_id", "source", "prompt", "reference_answer", "answer", "correct", "n_tokens",
+               "prefix_text"]
+    table = TraceStore(traces_dir).read(columns).to_pydict()
+    connection.executemany(f"INSERT INTO sequences VALUES ({', '.join('?' * len(columns))})",
+                           zip(*(table[column] for column in columns), strict=True))
+
+
+def _unembedding(manifest: dict[str, Any]) -> torch.Tensor | None:
+    """The model's output embedding (vocab, d_model), for the decoder directions' logit lens."""
+    from thinklens.models.loader import load_model
+
+    loaded = load_model(ModelConfig(**{**manifest["identity"]["traces"]["model"], "device": "cpu", "dtype": "float32"}))
+    output = loaded.model.get_output_embeddings()
+    return None if output is None else output.weight.detach()
+
+
+def _insert_features(connection: sqlite3.Connection, sae: Sae, stats: _FeatureStats, indexed: int,
+                     unembedding: torch.Tensor | None, tokenizer: Any, n_logits: int) -> None:
+    d_sae = sae.config.d_sae
+    segment_tokens = stats.segment_tokens.clamp_min(1).double()
+    rates = stats.per_segment.double() / segment_tokens
+    top_logits, bottom_logits = [None] * d_sae, [None] * d_sae
+    if unembedding is not None:
+        for first in range(0, d_sae, 512):
+            logits = sae.W_dec[first : first + 512].detach() @ unembedding.T  # (chunk, vocab)
+            high, low = logits.topk(n_logits, dim=-1), logits.topk(n_logits, dim=-1, largest=False)
+            for offset in range(len(logits)):
+                top_logits[first + offset] = json.dumps(_named(tokenizer, high, offset), separators=(",", ":"))
+                bottom_logits[first + offset] = json.dumps(_named(tokenizer, low, offset), separators=(",", ":"))
+    firing = stats.firing.tolist()
+    rows = (
+        (f, firing[f], firing[f] / max(indexed, 1), float(stats.top.scores[f, 0]) if firing[f] else 0.0,
+         stats.total[f].item() / firing[f] if firing[f] else 0.0, *rates[f].tolist(), top_logits[f], bottom_logits[f])
+        for f in range(d_sae)
+    )
+    connection.executemany("INSERT INTO features VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    histograms = []
+    for f in np.flatnonzero(stats.firing.numpy()):
+        counts = stats.histogram[f].numpy()
+        used = np.flatnonzero(counts)
+        lo, hi = used[0], used[-1] + 1
+        edges = np.append(HISTOGRAM_EDGES, np.inf)[lo : hi + 1]  # bin i holds values in (edges[i-1], edges[i]]
+        histograms.append((int(f), json.dumps([float(e) for e in edges]), json.dumps(counts[lo:hi].tolist())))
+    connection.executemany("INSERT INTO histograms VALUES (?, ?, ?)", histograms)
+
+
+def _named(tokenizer: Any, result: torch.return_types.topk, row: int) -> list[list]:
+    return [[tokenizer.decode([int(t)]), round(float(v), 4)] for v, t in zip(result.values[row], result.indices[row], strict=True)]
+
+
+def _insert_examples(connection: sqlite3.Connection, stats: _FeatureStats, config: IndexConfig) -> None:
+    """Each feature's top N, plus `quantile_samples` of its uniformly sampled activations spread from
+    the lowest to the highest (so a reader sees weak as well as strong examples)."""
+    rows: dict[tuple[int, int, int], float] = {}
+    for feature in torch.nonzero(stats.firing).flatten().tolist():
+        for value, sequence_id, token_idx in stats.top.entries(feature):
+            rows[(feature, sequence_id, token_idx)] = value
+        sample = sorted(stats.reservoir.entries(feature)) if config.quantile_samples else []
+        if sample:
+            picks = np.linspace(0, len(sample) - 1, min(config.quantile_samples, len(sample))).round().astype(int)
+            for i in np.unique(picks):
+                value, sequence_id, token_idx = sample[i]
+                rows.setdefault((feature, sequence_id, token_idx), value)
+    connection.executemany("INSERT INTO activations VALUES (?, ?, ?, ?)",
+                           ((f, s, t, v) for (f, s, t), v in sorted(rows.items())))
+
+
+def _insert_meta(connection: sqlite3.Connection, sae_dir: Path, sae: Sae, manifest: dict[str, Any],
+                 config: IndexConfig, tokens: int, indexed: int) -> None:
+    weights_hash = hashlib.sha256((Path(sae_dir) / WEIGHTS_FILE).read_bytes()).hexdigest()
+    meta = {
+        "format_version": DB_FORMAT_VERSION,
+        "model": manifest.get("model"),
+        "model_fingerprint": manifest.get("model_fingerprint"),
+        "layer": sae.config.layer,
+        "hook_name": sae.config.hook_name,
+        "chat_format": manifest.get("chat_format"),
+        "sae_arch": sae.config.arch,
+        "d_sae": sae.config.d_sae,
+        "k": sae.config.k,
+        "sae_sha256": weights_hash,
+        "tokens": tokens,
+        "indexed_tokens": indexed,
+        "arguments": config.model_dump(mode="json"),
+    }
+    connection.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", ((k, json.dumps(v)) for k, v in meta.items()))

@@ -1,0 +1,49 @@
+"""Offline heuristic labels: a feature is named by its dominant activating tokens and segment.
+
+No LLM is needed, so the database, map and report have labels from the first run. Labels are
+written to the public `autointerp` table with `model_name='heuristic'`; LLM labels replace them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Iterator
+
+from thinklens.data.segments import SEGMENT_NAMES
+
+TOP_EXAMPLES = 16
+
+
+def heuristic_labels(connection: sqlite3.Connection) -> Iterator[tuple[int, str, str, str]]:
+    """(feature_id, label, seqs JSON, indices JSON) for every feature with stored examples."""
+    rates = {
+        row[0]: row[1:]
+        for row in connection.execute("SELECT feature_id, rate_prompt, rate_prefix, rate_thinking, rate_answer FROM features")
+    }
+    current: int | None = None
+    examples: list[tuple[int, int, str]] = []
+    query = """
+        SELECT a.feature_id, a.sequence_id, a.token_idx, t.decoded_token
+        FROM activations a JOIN tokens t ON t.sequence_id = a.sequence_id AND t.token_idx = a.token_idx
+        ORDER BY a.feature_id, a.strength DESC
+    """
+    for feature, sequence_id, token_idx, token in connection.execute(query):
+        if feature != current:
+            if current is not None:
+                yield _label(current, examples, rates.get(current))
+            current, examples = feature, []
+        if len(examples) < TOP_EXAMPLES:
+            examples.append((sequence_id, token_idx, token))
+    if current is not None:
+        yield _label(current, examples, rates.get(current))
+
+
+def _label(feature: int, examples: list[tuple[int, int, str]], rates: tuple | None) -> tuple[int, str, str, str]:
+    counts = Counter(token for _, _, token in examples)
+    (first, first_count), *rest = counts.most_common(2)
+    tokens = repr(first) if first_count * 2 > len(examples) or not rest else f"{first!r} / {rest[0][0]!r}"
+    segment = SEGMENT_NAMES[max(range(len(SEGMENT_NAMES)), key=lambda i: rates[i] or 0.0)] if rates else "?"
+    label = f"{tokens} ({segment})"
+    return feature, label, json.dumps([s for s, _, _ in examples]), json.dumps([i for _, i, _ in examples])
