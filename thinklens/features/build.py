@@ -30,7 +30,7 @@ from thinklens.features.labels import heuristic_labels
 from thinklens.features.schema import migrate
 from thinklens.features.topk import TopPerFeature
 from thinklens.files import atomic_path
-from thinklens.models.loader import ModelConfig, load_tokenizer
+from thinklens.models.loader import ModelConfig, load_model
 from thinklens.progress import progress_bar
 from thinklens.sae.formats import WEIGHTS_FILE, check_width, load_sae
 from thinklens.sae.sae import Sae
@@ -110,7 +110,8 @@ def build_index(
     manifest = store.manifest()
     check_width(sae, int(manifest["d_model"]), f"the activations in {activations_dir}")
     layer = sae.config.layer if sae.config.layer in manifest["layers"] else manifest["layers"][0]
-    tokenizer = load_tokenizer(ModelConfig(**manifest["identity"]["traces"]["model"]))
+    loaded = load_model(ModelConfig(**{**manifest["identity"]["traces"]["model"], "device": "cpu", "dtype": "float32"}))
+    tokenizer = loaded.tokenizer
     stats = _FeatureStats(sae.config.d_sae, config)
     indexed = 0
     with atomic_path(Path(db_path)) as temp:
@@ -129,7 +130,9 @@ def build_index(
                     bar.advance(stop - start, tokens=stop - start)
         _insert_vocab(connection, tokenizer, vocabulary)
         _insert_sequences(connection, traces_dir)
-        _insert_features(connection, sae, stats, indexed, _unembedding(manifest), tokenizer, config.logit_tokens)
+        unembedding = loaded.model.get_output_embeddings()
+        _insert_features(connection, sae, stats, indexed, None if unembedding is None else unembedding.weight.detach(),
+                         tokenizer, config.logit_tokens)
         if not config.store_all:
             _insert_examples(connection, stats, config)
         connection.executemany(
@@ -194,15 +197,6 @@ def _insert_sequences(connection: sqlite3.Connection, traces_dir: Path) -> None:
                            zip(*(table[column] for column in columns), strict=True))
 
 
-def _unembedding(manifest: dict[str, Any]) -> torch.Tensor | None:
-    """The model's output embedding (vocab, d_model), for the decoder directions' logit lens."""
-    from thinklens.models.loader import load_model
-
-    loaded = load_model(ModelConfig(**{**manifest["identity"]["traces"]["model"], "device": "cpu", "dtype": "float32"}))
-    output = loaded.model.get_output_embeddings()
-    return None if output is None else output.weight.detach()
-
-
 def _insert_features(connection: sqlite3.Connection, sae: Sae, stats: _FeatureStats, indexed: int,
                      unembedding: torch.Tensor | None, tokenizer: Any, n_logits: int) -> None:
     d_sae = sae.config.d_sae
@@ -210,12 +204,15 @@ def _insert_features(connection: sqlite3.Connection, sae: Sae, stats: _FeatureSt
     rates = stats.per_segment.double() / segment_tokens
     top_logits, bottom_logits = [None] * d_sae, [None] * d_sae
     if unembedding is not None:
+        decoded: dict[int, str] = {}
         for first in range(0, d_sae, 512):
             logits = sae.W_dec[first : first + 512].detach() @ unembedding.T  # (chunk, vocab)
-            high, low = logits.topk(n_logits, dim=-1), logits.topk(n_logits, dim=-1, largest=False)
-            for offset in range(len(logits)):
-                top_logits[first + offset] = json.dumps(_named(tokenizer, high, offset), separators=(",", ":"))
-                bottom_logits[first + offset] = json.dumps(_named(tokenizer, low, offset), separators=(",", ":"))
+            for lens, largest in ((top_logits, True), (bottom_logits, False)):
+                best = logits.topk(n_logits, dim=-1, largest=largest)
+                for offset, (values, ids) in enumerate(zip(best.values.tolist(), best.indices.tolist(), strict=True)):
+                    named = [[decoded.get(t) or decoded.setdefault(t, tokenizer.decode([t])), round(v, 4)]
+                             for v, t in zip(values, ids, strict=True)]
+                    lens[first + offset] = json.dumps(named, separators=(",", ":"))
     firing = stats.firing.tolist()
     rows = (
         (f, firing[f], firing[f] / max(indexed, 1), float(stats.top.scores[f, 0]) if firing[f] else 0.0,
@@ -233,25 +230,32 @@ def _insert_features(connection: sqlite3.Connection, sae: Sae, stats: _FeatureSt
     connection.executemany("INSERT INTO histograms VALUES (?, ?, ?)", histograms)
 
 
-def _named(tokenizer: Any, result: torch.return_types.topk, row: int) -> list[list]:
-    return [[tokenizer.decode([int(t)]), round(float(v), 4)] for v, t in zip(result.values[row], result.indices[row], strict=True)]
-
-
 def _insert_examples(connection: sqlite3.Connection, stats: _FeatureStats, config: IndexConfig) -> None:
     """Each feature's top N, plus `quantile_samples` of its uniformly sampled activations spread from
     the lowest to the highest (so a reader sees weak as well as strong examples)."""
-    rows: dict[tuple[int, int, int], float] = {}
-    for feature in torch.nonzero(stats.firing).flatten().tolist():
-        for value, sequence_id, token_idx in stats.top.entries(feature):
-            rows[(feature, sequence_id, token_idx)] = value
-        sample = sorted(stats.reservoir.entries(feature)) if config.quantile_samples else []
-        if sample:
-            picks = np.linspace(0, len(sample) - 1, min(config.quantile_samples, len(sample))).round().astype(int)
-            for i in np.unique(picks):
-                value, sequence_id, token_idx = sample[i]
-                rows.setdefault((feature, sequence_id, token_idx), value)
+    top, reservoir = stats.top, stats.reservoir
+    filled = top.sequence_ids >= 0
+    features = torch.nonzero(filled)[:, 0]
+    parts = [torch.stack([features, top.sequence_ids[filled], top.token_idx[filled]], dim=1)]
+    values = [top.values[filled]]
+    if config.quantile_samples:
+        # Sort each feature's sample by activation (empty slots last), then take evenly spaced ranks.
+        counts = (reservoir.sequence_ids >= 0).sum(dim=1)  # (d_sae,)
+        keys = torch.where(reservoir.sequence_ids >= 0, reservoir.values, torch.tensor(float("inf")))
+        order = keys.argsort(dim=1)
+        steps = torch.linspace(0, 1, config.quantile_samples)
+        ranks = (steps[None, :] * (counts[:, None] - 1).clamp_min(0)).round().long()  # (d_sae, q)
+        picked = order.gather(1, ranks)
+        used = counts[:, None].expand_as(ranks) > 0
+        rows = torch.arange(len(counts))[:, None].expand_as(ranks)[used]
+        slots = picked[used]
+        parts.append(torch.stack([rows, reservoir.sequence_ids[rows, slots], reservoir.token_idx[rows, slots]], dim=1))
+        values.append(reservoir.values[rows, slots])
+    keys = torch.cat(parts).numpy()
+    strengths = torch.cat(values).numpy()
+    unique, first = np.unique(keys, axis=0, return_index=True)  # sorted by (feature, sequence, token): insert order
     connection.executemany("INSERT INTO activations VALUES (?, ?, ?, ?)",
-                           ((f, s, t, v) for (f, s, t), v in sorted(rows.items())))
+                           zip(*unique.T.tolist(), strengths[first].tolist(), strict=True))
 
 
 def _insert_meta(connection: sqlite3.Connection, sae_dir: Path, sae: Sae, manifest: dict[str, Any],

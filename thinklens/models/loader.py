@@ -14,6 +14,7 @@ cached once as a plain safetensors directory keyed by the file's hash, so later 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -179,7 +180,13 @@ def cache_dir() -> Path:
 
 
 def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks."""
+    """Hex sha256 of a file, read in chunks (remembered for the process while the file is unchanged)."""
+    stat = Path(path).stat()
+    return _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns, chunk_bytes)
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_cached(path: str, _size: int, _mtime_ns: int, chunk_bytes: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(chunk_bytes):
