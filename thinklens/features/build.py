@@ -142,6 +142,7 @@ def build_index(
         _insert_meta(connection, sae_dir, sae, manifest, config, store.token_count, indexed)
         connection.commit()
         connection.execute("ANALYZE")
+        connection.execute("VACUUM")  # packs the pages the B-trees left part-empty: ~10 % smaller
         connection.close()
     size = Path(db_path).stat().st_size
     return IndexResult(Path(db_path), store.token_count, indexed, time.perf_counter() - started, size)
@@ -200,6 +201,7 @@ def _insert_sequences(connection: sqlite3.Connection, traces_dir: Path) -> None:
 def _insert_features(connection: sqlite3.Connection, sae: Sae, stats: _FeatureStats, indexed: int,
                      unembedding: torch.Tensor | None, tokenizer: Any, n_logits: int) -> None:
     d_sae = sae.config.d_sae
+    stats.top.finish()  # max_activation reads the state directly
     segment_tokens = stats.segment_tokens.clamp_min(1).double()
     rates = stats.per_segment.double() / segment_tokens
     top_logits, bottom_logits = [None] * d_sae, [None] * d_sae
@@ -210,7 +212,7 @@ def _insert_features(connection: sqlite3.Connection, sae: Sae, stats: _FeatureSt
             for lens, largest in ((top_logits, True), (bottom_logits, False)):
                 best = logits.topk(n_logits, dim=-1, largest=largest)
                 for offset, (values, ids) in enumerate(zip(best.values.tolist(), best.indices.tolist(), strict=True)):
-                    named = [[decoded.get(t) or decoded.setdefault(t, tokenizer.decode([t])), round(v, 4)]
+                    named = [[decoded.get(t) or decoded.setdefault(t, tokenizer.decode([t])), round(v, 3)]
                              for v, t in zip(values, ids, strict=True)]
                     lens[first + offset] = json.dumps(named, separators=(",", ":"))
     firing = stats.firing.tolist()
@@ -234,6 +236,8 @@ def _insert_examples(connection: sqlite3.Connection, stats: _FeatureStats, confi
     """Each feature's top N, plus `quantile_samples` of its uniformly sampled activations spread from
     the lowest to the highest (so a reader sees weak as well as strong examples)."""
     top, reservoir = stats.top, stats.reservoir
+    top.finish()
+    reservoir.finish()
     filled = top.sequence_ids >= 0
     features = torch.nonzero(filled)[:, 0]
     parts = [torch.stack([features, top.sequence_ids[filled], top.token_idx[filled]], dim=1)]

@@ -13,7 +13,8 @@ from collections.abc import Iterator
 
 from thinklens.data.segments import SEGMENT_NAMES
 
-TOP_EXAMPLES = 16
+TOP_EXAMPLES = 16  # examples the label is made from
+CITED_EXAMPLES = 4  # of those, the ones cited in autointerp.seqs / indices (all are in `activations`)
 
 
 def heuristic_labels(connection: sqlite3.Connection) -> Iterator[tuple[int, str, str, str]]:
@@ -46,4 +47,5 @@ def _label(feature: int, examples: list[tuple[int, int, str]], rates: tuple | No
     tokens = repr(first) if first_count * 2 > len(examples) or not rest else f"{first!r} / {rest[0][0]!r}"
     segment = SEGMENT_NAMES[max(range(len(SEGMENT_NAMES)), key=lambda i: rates[i] or 0.0)] if rates else "?"
     label = f"{tokens} ({segment})"
-    return feature, label, json.dumps([s for s, _, _ in examples]), json.dumps([i for _, i, _ in examples])
+    cited = examples[:CITED_EXAMPLES]
+    return feature, label, json.dumps([s for s, _, _ in cited]), json.dumps([i for _, i, _ in cited])

@@ -3,7 +3,9 @@
 State: for each feature its N best entries by score, best first, each with its activation value and
 (sequence_id, token_idx). The score is the activation itself for the top examples, or a random key
 for a uniform reservoir sample. A batch's entries first meet a cheap filter (score above the
-feature's current N-th best), so after the first batches almost nothing reaches the merge.
+feature's N-th best at the last merge, a bound that only rises); survivors wait in a pending list
+that is merged into the state only when it has grown to half the state's size, so the sort costs
+are amortised over many batches.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ class TopPerFeature:
 
     def __init__(self, n_features: int, n: int) -> None:
         self.n = n
+        self._pending: list[list[torch.Tensor]] = []
+        self._pending_count = 0
         self.scores = torch.full((n_features, n), float("-inf"))  # (d_sae, N), descending per row
         self.values = torch.zeros(n_features, n)
         self.sequence_ids = torch.full((n_features, n), -1, dtype=torch.long)  # −1: empty slot
@@ -27,7 +31,17 @@ class TopPerFeature:
         better = scores > self.scores[features, -1]
         if not bool(better.any()):
             return
-        new = [features[better], scores[better], values[better], sequence_ids[better], token_idx[better]]
+        self._pending.append([features[better], scores[better], values[better], sequence_ids[better], token_idx[better]])
+        self._pending_count += int(better.sum())
+        if self._pending_count >= self.scores.numel() // 2:
+            self._merge()
+
+    def _merge(self) -> None:
+        """Fold the pending entries into the state."""
+        if not self._pending:
+            return
+        new = [torch.cat(column) for column in zip(*self._pending, strict=True)]
+        self._pending, self._pending_count = [], 0
         touched = torch.unique(new[0])  # only these rows of the state change
         state = [touched.repeat_interleave(self.n)] + [
             array[touched].flatten() for array in (self.scores, self.values, self.sequence_ids, self.token_idx)
@@ -48,8 +62,13 @@ class TopPerFeature:
         self.sequence_ids[rows, slots] = all_sequences[keep]
         self.token_idx[rows, slots] = all_tokens[keep]
 
+    def finish(self) -> None:
+        """Merge what is pending; call before reading the state arrays directly."""
+        self._merge()
+
     def entries(self, feature: int) -> list[tuple[float, int, int]]:
         """(value, sequence_id, token_idx) of one feature's filled slots, in score order."""
+        self._merge()
         filled = self.sequence_ids[feature] >= 0
         return list(zip(self.values[feature][filled].tolist(), self.sequence_ids[feature][filled].tolist(),
                         self.token_idx[feature][filled].tolist(), strict=True))
