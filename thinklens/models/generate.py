@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -23,6 +24,16 @@ class Sampling:
     greedy: bool = False
     temperature: float = 0.6
     top_p: float = 0.95
+
+
+class GenerationObserver(Protocol):
+    """Told, before each forward pass, which rows run and the token index of every input position
+    (−1 for padding); and, after each step, the tokens each row chose. Steering hooks use this to
+    know where in each sequence they act under the KV cache."""
+
+    def before_forward(self, rows: torch.Tensor, positions: torch.Tensor) -> None: ...
+
+    def after_tokens(self, rows: torch.Tensor, tokens: torch.Tensor) -> None: ...
 
 
 @dataclass
@@ -55,8 +66,13 @@ def generate(
     eos_token_ids: Sequence[int],
     sampling: Sampling = Sampling(),
     seed: int = 0,
+    observer: GenerationObserver | None = None,
+    use_cache: bool = True,
 ) -> list[Generated]:
-    """Continue each left-padded row of `input_ids` (batch, width) until EOS or `max_new_tokens`."""
+    """Continue each left-padded row of `input_ids` (batch, width) until EOS or `max_new_tokens`.
+
+    `use_cache=False` recomputes the whole sequence every step (slow; a reference for tests).
+    """
     from transformers import DynamicCache
 
     device = input_ids.device
@@ -65,16 +81,14 @@ def generate(
     completions: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     finish = ["length"] * input_ids.shape[0]
     rows = torch.arange(input_ids.shape[0], device=device)  # original index of each row still running
-    cache = DynamicCache()
-    mask = attention_mask
-    positions = (mask.cumsum(dim=-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
-    output = model(
-        input_ids=input_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-        use_cache=True, logits_to_keep=1,
-    )
-    last_position = positions[:, -1]
+    ids, mask = input_ids, attention_mask
+    positions = (mask.cumsum(dim=-1) - 1).masked_fill(mask == 0, -1)  # token index in its sequence; pads −1
+    cache = DynamicCache() if use_cache else None
+    output = _forward(model, ids, mask, positions, cache, observer, rows, keep_last=True)
     for step in range(max_new_tokens):
         tokens = next_tokens(output.logits[:, -1, :], sampling, generator)
+        if observer is not None:
+            observer.after_tokens(rows, tokens)
         for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
             completions[row].append(token)
         done = torch.isin(tokens, eos)
@@ -84,12 +98,27 @@ def generate(
             break
         if done.any():
             keep = (~done).nonzero().squeeze(-1)
-            cache.batch_select_indices(keep)
-            rows, tokens, mask, last_position = rows[keep], tokens[keep], mask[keep], last_position[keep]
+            if cache is not None:
+                cache.batch_select_indices(keep)
+            rows, tokens, mask, positions, ids = rows[keep], tokens[keep], mask[keep], positions[keep], ids[keep]
         mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=-1)
-        last_position = last_position + 1
-        output = model(
-            input_ids=tokens[:, None], attention_mask=mask, position_ids=last_position[:, None],
-            past_key_values=cache, use_cache=True,
-        )
+        positions = torch.cat([positions, positions[:, -1:] + 1], dim=-1)
+        ids = torch.cat([ids, tokens[:, None]], dim=-1)
+        if cache is not None:  # only the new token goes through the model
+            output = _forward(model, tokens[:, None], mask, positions[:, -1:], cache, observer, rows, keep_last=False)
+        else:
+            output = _forward(model, ids, mask, positions, None, observer, rows, keep_last=True)
     return [Generated(ids, reason) for ids, reason in zip(completions, finish, strict=True)]
+
+
+def _forward(model, input_ids, mask, positions, cache, observer, rows, keep_last: bool):
+    if observer is not None:
+        observer.before_forward(rows, positions)
+    return model(
+        input_ids=input_ids,
+        attention_mask=mask,
+        position_ids=positions.clamp(min=0),
+        past_key_values=cache,
+        use_cache=cache is not None,
+        **({"logits_to_keep": 1} if keep_last else {}),
+    )
