@@ -106,7 +106,7 @@ def test_clamp_and_scale_replace_the_features_decoder_contribution(variant_parts
     # everything else (other features, the SAE's error) untouched: h' − h = (target − a_f)·d_f.
     loaded, sae, typical = variant_parts
     torch.manual_seed(1)
-    hidden = torch.randn(1, 3, 64) * 3
+    hidden = torch.randn(1, 1, 64) * 3 + 0.1 * torch.randn(1, 3, 64)  # similar tokens: the same features fire
     with torch.no_grad():
         acts = sae.encode(hidden[0], batch_dependent=False).dense()
     feature = int((acts > 0).all(dim=0).float().mul(acts.sum(dim=0)).argmax())  # active on every position
