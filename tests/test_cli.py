@@ -191,3 +191,23 @@ def test_index_and_feature_queries(indexed_run, tmp_path):
     assert missing.exit_code == 2 and "feature 123456 does not exist" in _error_line(missing)
     no_db = _invoke("features", str(tmp_path), "show", "0")
     assert no_db.exit_code == 2 and "run `thinklens index" in _error_line(no_db)
+
+
+@pytest.mark.integration
+def test_steer_and_sweep_commands(indexed_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("traces", "activations", "sae", "features.db"):
+        (run / name).symlink_to(indexed_run / name)
+    steered = _invoke("steer", str(run), "--feature", "0", "--strength", "50", "--prompt", "What is 2 + 3?",
+                      "--max-new-tokens", "8", "--greedy", "--policy", "first_token")
+    assert steered.exit_code == 0, steered.output
+    assert "baseline" in steered.output and "steered" in steered.output and "token 0 of the response" in steered.output
+    swept = _invoke("sweep", str(run), "--feature", "0", "--strengths", "0,8", "--prompts", "1", "--samples", "1",
+                    "--max-new-tokens", "6")
+    assert swept.exit_code == 0, swept.output
+    assert "regime" in swept.output and (run / "sweeps" / "feature-0" / "behaviour.svg").is_file()
+    bad = _invoke("sweep", str(run), "--feature", "0", "--policy", "sometimes")
+    assert bad.exit_code == 2 and "unknown position policy 'sometimes'" in _error_line(bad)
+    bad_numbers = _invoke("sweep", str(run), "--feature", "0", "--strengths", "1,two")
+    assert bad_numbers.exit_code == 2 and "strengths must be numbers" in _error_line(bad_numbers)

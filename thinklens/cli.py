@@ -95,6 +95,8 @@ from thinklens.models.loader import ModelConfig  # noqa: E402
 from thinklens.rundir import activations_dir, features_db, record_stage, sae_dir, traces_dir  # noqa: E402
 from thinklens.sae.evaluate import EvalConfig, evaluate  # noqa: E402
 from thinklens.sae.train import TrainConfig, train  # noqa: E402
+from thinklens.steering.engine import FeatureEdit, SteeringSpec  # noqa: E402
+from thinklens.steering.sweep import SweepConfig  # noqa: E402
 
 
 @app.command("collect")
@@ -385,6 +387,90 @@ def features_explain_text(
         described = ", ".join(f"{f} {value:.2f} {labels.get(f, '')}" for f, value in token.features)
         flag = " (massive)" if token.massive else ""
         console.print(f"{token.token!r:>14}{flag}  {described}", highlight=False)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ThinklensError(f"strengths must be numbers separated by commas, e.g. 0,1,2,4 (got {text!r})") from None
+
+
+@app.command("sweep")
+@user_errors
+def sweep_command(
+    run: Annotated[Path, typer.Argument(help="Run directory holding traces/, sae/ and features.db.")],
+    feature: Annotated[int, typer.Option(help=describe(SweepConfig, "feature"))],
+    strengths: Annotated[str, typer.Option(help="Comma-separated strengths (0 = baseline is always included).")] = "0,1,2,4,8,16,32",
+    policy: Annotated[str, typer.Option(help="Comma-separated position policies.")] = "first_token,after_prefix",
+    mode: Annotated[str, typer.Option(help=describe(SweepConfig, "mode"))] = "add",
+    absolute: Annotated[bool, typer.Option("--absolute", help=describe(SweepConfig, "absolute"))] = False,
+    prompts: Annotated[int, typer.Option(help=describe(SweepConfig, "prompts"))] = 8,
+    samples: Annotated[int, typer.Option(help=describe(SweepConfig, "samples"))] = 2,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help=describe(SweepConfig, "max_new_tokens"))] = 128,
+    seed: Annotated[int, typer.Option(help=describe(SweepConfig, "seed"))] = 0,
+    regex: Annotated[str | None, typer.Option(help=describe(SweepConfig, "regex"))] = None,
+    name: Annotated[str | None, typer.Option(help="Sweep directory name under RUN/sweeps (default feature-F).")] = None,
+) -> None:
+    """Steer one feature at several strengths and position policies; JSONL, regime table and plots in RUN/sweeps/."""
+    from thinklens.steering.from_run import open_variant, run_prompts
+    from thinklens.steering.sweep import run_sweep
+
+    config = SweepConfig(
+        feature=feature, strengths=_floats(strengths), policies=tuple(p.strip() for p in policy.split(",") if p.strip()),
+        mode=mode, absolute=absolute, prompts=prompts, samples=samples, max_new_tokens=max_new_tokens, seed=seed,
+        regex=regex,
+    )
+    for each in config.policies:
+        SteeringSpec(edits=(FeatureEdit(feature=feature, strength=1.0),), policy=each)  # validates the policy name
+    variant = open_variant(traces_dir(run), sae_dir(run), features_db(run), [feature])
+    directory = Path(run) / "sweeps" / (name or f"feature-{feature}")
+    result = run_sweep(config, variant, run_prompts(traces_dir(run), prompts), directory)
+    record_stage(run, f"sweep:{directory.name}", config.model_dump(mode="json"), {"oversteering": result.oversteering})
+    table = Table(title=f"sweep of feature {feature} → {directory}")
+    for column in ("policy", "strength", "regime", "shift", "ppl ×", "distinct-2 ×", "read back", "correct"):
+        table.add_column(column)
+    for point in result.points:
+        table.add_row(point.policy, f"{point.strength:g}", point.regime, f"{point.shift:.2f}", f"{point.ppl_ratio:.2f}",
+                      f"{point.distinct2_ratio:.2f}", f"{point.means['readback']:.3g}", f"{point.means['correct']:.0%}"
+                      if point.means["correct"] == point.means["correct"] else "–")
+    console.print(table)
+    for each, seen in result.oversteering.items():
+        console.print(f"{each}: {'oversteering pattern (steered → reverted → broken)' if seen else 'no oversteering pattern'}")
+    console.print(f"samples: {directory / 'samples.jsonl'}  plots: {directory / 'behaviour.png'}, {directory / 'coherence.png'}")
+
+
+@app.command("steer")
+@user_errors
+def steer_command(
+    run: Annotated[Path, typer.Argument(help="Run directory holding traces/, sae/ and features.db.")],
+    feature: Annotated[int, typer.Option(help="Feature to steer.")],
+    strength: Annotated[float, typer.Option(help="Strength (× the feature's typical max unless --absolute).")],
+    prompt: Annotated[str, typer.Option(help="The user prompt.")],
+    policy: Annotated[str, typer.Option(help="Position policy.")] = "after_prefix",
+    mode: Annotated[str, typer.Option(help="add, clamp or scale.")] = "add",
+    absolute: Annotated[bool, typer.Option("--absolute", help="Strength is a raw activation.")] = False,
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Generated tokens.")] = 128,
+    seed: Annotated[int, typer.Option(help="Sampling seed (the same for both columns).")] = 0,
+    greedy: Annotated[bool, typer.Option("--greedy", help="Greedy decoding.")] = False,
+) -> None:
+    """Print the baseline and the steered output for one prompt, side by side."""
+    from thinklens.models.generate import Sampling
+    from thinklens.steering.from_run import open_variant
+
+    SteeringSpec(edits=(FeatureEdit(feature=feature, strength=strength, mode=mode),), policy=policy)
+    variant = open_variant(traces_dir(run), sae_dir(run), features_db(run), [feature])
+    sampling = Sampling(greedy=greedy)
+    (baseline,) = variant.generate([prompt], max_new_tokens, sampling, seed=seed)
+    variant.set(feature, strength, policy=policy, mode=mode)
+    variant.absolute = absolute
+    (steered,) = variant.generate([prompt], max_new_tokens, sampling, seed=seed)
+    start = "never" if steered.start == float("inf") else f"token {int(steered.start) - steered.generation_start}"
+    table = Table(title=f"feature {feature} × {strength:g} ({mode}, {policy}; steering from {start} of the response)")
+    table.add_column("baseline", ratio=1)
+    table.add_column("steered", ratio=1)
+    table.add_row(baseline.completion, steered.completion)
+    console.print(table)
 
 
 def main() -> None:

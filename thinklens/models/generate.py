@@ -42,6 +42,7 @@ class Generated:
 
     token_ids: list[int]
     finish_reason: str
+    logprobs: list[float]  # the model's log-probability (temperature 1) of each chosen token
 
 
 def next_tokens(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
@@ -79,6 +80,7 @@ def generate(
     generator = None if sampling.greedy else torch.Generator(device=device).manual_seed(seed)
     eos = torch.tensor(sorted(set(eos_token_ids)), device=device)
     completions: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    logprobs: list[list[float]] = [[] for _ in range(input_ids.shape[0])]
     finish = ["length"] * input_ids.shape[0]
     rows = torch.arange(input_ids.shape[0], device=device)  # original index of each row still running
     ids, mask = input_ids, attention_mask
@@ -86,11 +88,14 @@ def generate(
     cache = DynamicCache() if use_cache else None
     output = _forward(model, ids, mask, positions, cache, observer, rows, keep_last=True)
     for step in range(max_new_tokens):
-        tokens = next_tokens(output.logits[:, -1, :], sampling, generator)
+        logits = output.logits[:, -1, :]
+        tokens = next_tokens(logits, sampling, generator)
+        chosen = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
         if observer is not None:
             observer.after_tokens(rows, tokens)
-        for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
+        for row, token, logprob in zip(rows.tolist(), tokens.tolist(), chosen.tolist(), strict=True):
             completions[row].append(token)
+            logprobs[row].append(logprob)
         done = torch.isin(tokens, eos)
         for row in rows[done].tolist():
             finish[row] = "eos"
@@ -108,7 +113,7 @@ def generate(
             output = _forward(model, tokens[:, None], mask, positions[:, -1:], cache, observer, rows, keep_last=False)
         else:
             output = _forward(model, ids, mask, positions, None, observer, rows, keep_last=True)
-    return [Generated(ids, reason) for ids, reason in zip(completions, finish, strict=True)]
+    return [Generated(*fields) for fields in zip(completions, finish, logprobs, strict=True)]
 
 
 def _forward(model, input_ids, mask, positions, cache, observer, rows, keep_last: bool):

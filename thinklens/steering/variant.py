@@ -32,6 +32,7 @@ class SteeredOutput:
     generation_start: int
     finish_reason: str
     trace: SegmentedTrace
+    logprobs: list[float]  # of each generated token under the (steered) model
     acted: list[int] = field(default_factory=list)  # positions the edit changed
     start: float = float("inf")  # first position the policy selected (inf: never)
 
@@ -120,7 +121,8 @@ class Variant:
             trace = segment_trace(tokenizer, ids, len(prompt), self.fmt, self.prefix)
             acted = sorted(hook.acted[row]) if hook else []
             start = hook.start[row] if hook else float("inf")
-            outputs.append(SteeredOutput(ids, len(prompt), completion.finish_reason, trace, acted, start))
+            outputs.append(SteeredOutput(ids, len(prompt), completion.finish_reason, trace, completion.logprobs, acted,
+                                         start))
         return outputs
 
 
