@@ -7,3 +7,14 @@ prints it without a traceback and exits with code 2; library callers catch it li
 
 class ThinklensError(Exception):
     """Bad input from the user: the message names the fix."""
+
+
+def refuse_other_identity(directory: object, theirs: dict, asked: dict, what: str, fix: str) -> None:
+    """Raise when an artifact in `directory` was made with other settings than those asked now.
+
+    The message names the first differing setting, both values, and the fix.
+    """
+    differing = [key for key in sorted(set(theirs) | set(asked)) if theirs.get(key) != asked.get(key)]
+    if differing:
+        key = differing[0]
+        raise ThinklensError(f"{directory} holds {what} ({key}: {theirs.get(key)!r}, asked {asked.get(key)!r}): {fix}")

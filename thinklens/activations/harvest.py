@@ -31,7 +31,7 @@ from thinklens.activations.store import (
 )
 from thinklens.data.segments import PROMPT, Segments, token_char_spans
 from thinklens.data.traces import TraceStore
-from thinklens.errors import ThinklensError
+from thinklens.errors import ThinklensError, refuse_other_identity
 from thinklens.models.layers import resolve_layer
 from thinklens.models.loader import LoadedModel, ModelConfig, load_model
 from thinklens.progress import progress_bar
@@ -154,14 +154,8 @@ def _claim(store: ActivationStore, identity: dict[str, Any], plan: list[ShardInf
             raise ThinklensError(f"{store.directory} is not empty and has no manifest: use another run or remove it")
         return []
     manifest = store.manifest()
-    theirs = manifest.get("identity", {})
-    differing = [key for key in sorted(set(theirs) | set(identity)) if theirs.get(key) != identity.get(key)]
-    if differing:
-        key = differing[0]
-        raise ThinklensError(
-            f"{store.directory} holds activations of another harvest ({key}: {theirs.get(key)!r}, asked "
-            f"{identity.get(key)!r}): remove {store.directory} or harvest into another run"
-        )
+    refuse_other_identity(store.directory, manifest.get("identity", {}), identity, "activations of another harvest",
+                          f"remove {store.directory} or harvest into another run")
     done = store.shards()
     if done != plan[: len(done)]:
         raise ThinklensError(f"the traces changed since {store.directory} was harvested: remove {store.directory}")

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from thinklens.errors import ThinklensError
+from thinklens.errors import ThinklensError, refuse_other_identity
 from thinklens.files import atomic_path, remove_stale_temps, write_json_atomic
 
 TRACES_FORMAT_VERSION = 1
@@ -85,14 +85,8 @@ class TraceStore:
             return
         if existing.get("format_version", 0) > TRACES_FORMAT_VERSION:
             raise ThinklensError(f"{self.directory} was written by a newer thinklens: upgrade thinklens to read it")
-        theirs = existing.get("identity", {})
-        differing = [key for key in sorted(set(theirs) | set(identity)) if theirs.get(key) != identity.get(key)]
-        if differing:
-            key = differing[0]
-            raise ThinklensError(
-                f"{self.directory} holds traces of another run ({key}: {theirs.get(key)!r}, asked {identity.get(key)!r}): "
-                f"use another --out or remove {self.directory}"
-            )
+        refuse_other_identity(self.directory, existing.get("identity", {}), identity, "traces of another run",
+                              f"use another --out or remove {self.directory}")
         remove_stale_temps(self.directory)
 
     def done_sequence_ids(self) -> set[int]:
