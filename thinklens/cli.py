@@ -238,6 +238,9 @@ def train_command(
         wandb_project=wandb_project,
     )
     result = train(config, activations_dir(run), sae_dir(run))
+    if result.skipped:
+        console.print(f"nothing to do: {result.sae_dir} already holds an SAE trained with these settings")
+        return
     record_stage(run, "train", config.model_dump(mode="json"),
                  {"steps": result.steps, "batch_size": result.batch_size, **result.final})
     table = Table(title=f"train → {result.sae_dir}", show_header=False)
@@ -286,6 +289,9 @@ def index_command(
     """Encode RUN/activations with RUN/sae into RUN/features.db (public R1 schema + our own tables)."""
     config = IndexConfig(top=top, quantile_samples=quantile_samples, store_all=store_all, batch_size=batch_size)
     result = build_index(config, sae_dir(run), activations_dir(run), traces_dir(run), features_db(run))
+    if result.skipped:
+        console.print(f"nothing to do: {result.db_path} already indexes this SAE with these settings")
+        return
     record_stage(run, "index", config.model_dump(mode="json"), {"db_bytes": result.db_bytes})
     table = Table(title=f"index → {result.db_path}", show_header=False)
     table.add_row("tokens / indexed", f"{result.tokens:,} / {result.indexed_tokens:,}")

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from thinklens.activations.store import ActivationStore
 from thinklens.data.segments import SEGMENT_NAMES
 from thinklens.data.traces import TraceStore
+from thinklens.features.db import FeatureDB
 from thinklens.features.labels import heuristic_labels
 from thinklens.features.schema import migrate
 from thinklens.features.topk import TopPerFeature
@@ -61,6 +62,7 @@ class IndexResult:
     indexed_tokens: int
     seconds: float
     db_bytes: int
+    skipped: bool = False
 
     @property
     def tokens_per_second(self) -> float:
@@ -105,6 +107,9 @@ def build_index(
 ) -> IndexResult:
     """Encode every stored token with the SAE and write `db_path` (atomically)."""
     started = time.perf_counter()
+    existing = _existing_index(Path(db_path), sae_dir, config)
+    if existing is not None:
+        return existing
     sae = load_sae(sae_dir)
     store = ActivationStore(activations_dir)
     manifest = store.manifest()
@@ -146,6 +151,28 @@ def build_index(
         connection.close()
     size = Path(db_path).stat().st_size
     return IndexResult(Path(db_path), store.token_count, indexed, time.perf_counter() - started, size)
+
+
+def _existing_index(db_path: Path, sae_dir: Path, config: IndexConfig) -> IndexResult | None:
+    """A complete database of the same SAE and settings (nothing to do), or None to build.
+
+    A database of another SAE or other settings is replaced only by a fresh build, never mixed.
+    """
+    if not db_path.is_file():
+        return None
+    try:
+        meta = FeatureDB(db_path).meta()
+    except sqlite3.DatabaseError:
+        return None
+    same_sae = meta.get("sae_sha256") == _sha256(Path(sae_dir) / WEIGHTS_FILE)
+    if not same_sae or meta.get("arguments") != config.model_dump(mode="json"):
+        return None
+    return IndexResult(db_path, int(meta["tokens"]), int(meta["indexed_tokens"]), 0.0, db_path.stat().st_size,
+                       skipped=True)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @torch.no_grad()
@@ -264,7 +291,7 @@ def _insert_examples(connection: sqlite3.Connection, stats: _FeatureStats, confi
 
 def _insert_meta(connection: sqlite3.Connection, sae_dir: Path, sae: Sae, manifest: dict[str, Any],
                  config: IndexConfig, tokens: int, indexed: int) -> None:
-    weights_hash = hashlib.sha256((Path(sae_dir) / WEIGHTS_FILE).read_bytes()).hexdigest()
+    weights_hash = _sha256(Path(sae_dir) / WEIGHTS_FILE)
     meta = {
         "format_version": DB_FORMAT_VERSION,
         "model": manifest.get("model"),

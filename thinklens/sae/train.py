@@ -21,10 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from thinklens.activations.reader import ActivationReader, ReaderConfig
 from thinklens.activations.store import ActivationStore
-from thinklens.errors import ThinklensError
+from thinklens.errors import ThinklensError, refuse_other_identity
 from thinklens.files import atomic_path
 from thinklens.progress import progress_bar
-from thinklens.sae.formats import save_sae
+from thinklens.sae.formats import CFG_FILE, sae_metadata, save_sae
 from thinklens.sae.sae import Arch, Sae, SaeConfig, SaeOutput, SparseCodes
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -79,6 +79,7 @@ class TrainResult:
     seconds: float
     final: dict[str, float]
     batch_size: int
+    skipped: bool = False
 
     @property
     def tokens_per_second(self) -> float:
@@ -106,6 +107,9 @@ def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progre
             f"only {n_train} training tokens in {activations_dir}, fewer than one batch of {config.batch_size}: "
             "collect and harvest more traces or lower --batch-size"
         )
+    finished = _finished_training(Path(sae_dir), config)
+    if finished is not None:
+        return finished
     steps_per_epoch = n_train // config.batch_size
     total_steps = (config.tokens or config.epochs * n_train) // config.batch_size
     if config.tokens is None and total_steps < config.min_steps:
@@ -131,12 +135,28 @@ def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progre
             bar.advance(1, tokens=len(batch), status=_status(stats))
             if trainer.step % config.checkpoint_every == 0 and trainer.step < total_steps:
                 trainer.save_checkpoint(checkpoint)
-    save_sae(trainer.sae, Path(sae_dir), metadata={"training": config.model_dump(mode="json"), "steps": trainer.step})
+    final = {"loss": stats.loss, "fvu": stats.fvu, "l0": stats.l0, "dead_fraction": stats.dead_fraction}
+    metadata = {"training": config.model_dump(mode="json"), "steps": trainer.step, "final": final}
+    save_sae(trainer.sae, Path(sae_dir), metadata=metadata)
     checkpoint.unlink(missing_ok=True)
     logger.close()
-    final = {"loss": stats.loss, "fvu": stats.fvu, "l0": stats.l0, "dead_fraction": stats.dead_fraction}
     seconds = time.perf_counter() - started
     return TrainResult(Path(sae_dir), trainer.step, trainer.step * config.batch_size, seconds, final, config.batch_size)
+
+
+def _finished_training(sae_dir: Path, config: TrainConfig) -> TrainResult | None:
+    """The result of a completed run with the same settings (nothing to do), or None to train.
+
+    A completed SAE trained with other settings is refused rather than overwritten.
+    """
+    if not (sae_dir / CFG_FILE).is_file():
+        return None
+    metadata = sae_metadata(sae_dir)
+    refuse_other_identity(sae_dir, metadata.get("training", {}), config.model_dump(mode="json"),
+                          "an SAE trained with other settings", f"remove {sae_dir} or train into another run")
+    steps = int(metadata.get("steps", 0))
+    return TrainResult(sae_dir, steps, steps * (config.batch_size or 0), 0.0, metadata.get("final", {}),
+                       config.batch_size or 0, skipped=True)
 
 
 class _Trainer:
