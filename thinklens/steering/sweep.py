@@ -6,7 +6,10 @@ sample measured (behaviour and coherence) and saved. Then each strength gets a r
 - `broken`: coherence collapsed — perplexity under the unsteered model above `broken_ppl_ratio` ×
   the baseline's, or distinct-2 below `broken_distinct2_ratio` × the baseline's;
 - `steered`: not broken, and the behaviour moved: the largest shift of a behaviour metric from the
-  baseline (strength 0), in units of the baseline's spread across samples, is ≥ `steered_effect`;
+  baseline (strength 0), in units of the baseline's spread across samples, is ≥ `steered_effect`.
+  A spread is never taken below `MIN_SPREAD` of its metric (0.1 for shares such as correctness, 2
+  thinking tokens, half a word for counts, 0.05 for the read-back activation) nor 5 % of the
+  baseline mean, so that one sample flipping a metric that never varied at baseline is not a shift;
 - `reverted`: not broken, behaviour back within `steered_effect` of the baseline, after a smaller
   strength of the same policy was `steered` — the oversteering paradox;
 - `unchanged`: otherwise.
@@ -36,6 +39,8 @@ from thinklens.steering.variant import Variant
 
 BEHAVIOUR = ("readback", "thinking_tokens", "backtracking", "correct", "operator_kept", "regex_count")
 COHERENCE = ("perplexity", "distinct2", "finished_with_answer", "hit_cap")
+MIN_SPREAD = {"readback": 0.05, "thinking_tokens": 2.0, "backtracking": 0.5, "correct": 0.1, "operator_kept": 0.1,
+              "regex_count": 0.5, "perplexity": 0.1, "distinct2": 0.02, "finished_with_answer": 0.1, "hit_cap": 0.1}
 
 
 class RegimeThresholds(BaseModel):
@@ -112,6 +117,13 @@ def run_sweep(config: SweepConfig, variant: Variant, prompts: Sequence[PromptRec
                 bar.advance(1, tokens=sum(len(o.token_ids) - o.generation_start for o in outputs))
     with atomic_path(directory / "samples.jsonl") as temp:
         temp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return write_summary(rows, config, directory)
+
+
+def write_summary(rows: list[dict], config: SweepConfig, directory: Path) -> SweepResult:
+    """Summarise saved samples into regimes, summary.json and the plots (also re-runnable on samples.jsonl)."""
+    from thinklens.steering.plots import plot_sweep
+
     points = summarise(rows, config)
     result = SweepResult(directory, points, oversteering_pattern(points))
     write_json_atomic(directory / "summary.json", {
@@ -119,8 +131,6 @@ def run_sweep(config: SweepConfig, variant: Variant, prompts: Sequence[PromptRec
         "points": [asdict(point) for point in points],
         "oversteering": result.oversteering,
     })
-    from thinklens.steering.plots import plot_sweep
-
     plot_sweep(points, config, directory)
     return result
 
@@ -164,7 +174,7 @@ def summarise(rows: list[dict], config: SweepConfig) -> list[PointSummary]:
         values = [v for v in (_value(row, name) for row in baseline_rows) if v is not None]
         base_mean[name] = statistics.fmean(values) if values else math.nan
         spread = statistics.pstdev(values) if len(values) > 1 else 0.0
-        base_spread[name] = max(spread, 0.05 * abs(base_mean[name]) if values else 0.0, 1e-3)
+        base_spread[name] = max(spread, 0.05 * abs(base_mean[name]) if values else 0.0, MIN_SPREAD[name])
     points = []
     for policy in config.policies:
         for strength in sorted({row["strength"] for row in rows}):
