@@ -57,6 +57,14 @@ def user_errors(command: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def print_facts(title: str, facts: dict[str, str]) -> None:
+    """A two-column table of what a stage did."""
+    table = Table(title=title, show_header=False)
+    for name, value in facts.items():
+        table.add_row(name, value)
+    console.print(table)
+
+
 def _one_line(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         problem = exc.errors()[0]
@@ -161,17 +169,17 @@ def collect_command(
         console.print(f"nothing to do: all {result.n_prompts} traces are already in {result.traces_dir}")
         return
     summary = summarize_traces(TraceStore(result.traces_dir))
-    table = Table(title=f"collect → {result.traces_dir}", show_header=False)
-    table.add_row("traces written / skipped", f"{result.n_written} / {result.n_skipped}")
-    table.add_row("format", str(result.format))
-    table.add_row("generated tokens", f"{result.generated_tokens:,}")
-    table.add_row("tokens/s", f"{result.tokens_per_second:,.1f}")
-    table.add_row("traces in store", f"{summary['traces']:.0f}")
-    table.add_row("prefix matched", f"{summary['prefix_matched']:.0%}")
-    table.add_row("thinking closed", f"{summary['thinking_closed']:.0%}")
-    table.add_row("hit the token cap", f"{summary['hit_token_cap']:.0%}")
-    table.add_row("answers correct", f"{summary['accuracy']:.0%}")
-    console.print(table)
+    print_facts(f"collect → {result.traces_dir}", {
+        "traces written / skipped": f"{result.n_written} / {result.n_skipped}",
+        "format": str(result.format),
+        "generated tokens": f"{result.generated_tokens:,}",
+        "tokens/s": f"{result.tokens_per_second:,.1f}",
+        "traces in store": f"{summary['traces']:.0f}",
+        "prefix matched": f"{summary['prefix_matched']:.0%}",
+        "thinking closed": f"{summary['thinking_closed']:.0%}",
+        "hit the token cap": f"{summary['hit_token_cap']:.0%}",
+        "answers correct": f"{summary['accuracy']:.0%}",
+    })
 
 
 @app.command("harvest")
@@ -200,13 +208,13 @@ def harvest_command(
         console.print(f"nothing to do: {result.activations_dir} already holds all {result.token_count:,} tokens")
         return
     index = ActivationStore(result.activations_dir).index(["special", "massive"]).to_pydict()
-    table = Table(title=f"harvest → {result.activations_dir}", show_header=False)
-    table.add_row("shards written / skipped", f"{result.shards_written} / {result.shards_skipped}")
-    table.add_row("tokens in store", f"{result.token_count:,}")
-    table.add_row("tokens/s", f"{result.tokens_per_second:,.0f}")
-    table.add_row("special / template tokens", f"{sum(index['special']):,}")
-    table.add_row("massive-activation tokens", f"{sum(index['massive']):,} (excluded from training by default)")
-    console.print(table)
+    print_facts(f"harvest → {result.activations_dir}", {
+        "shards written / skipped": f"{result.shards_written} / {result.shards_skipped}",
+        "tokens in store": f"{result.token_count:,}",
+        "tokens/s": f"{result.tokens_per_second:,.0f}",
+        "special / template tokens": f"{sum(index['special']):,}",
+        "massive-activation tokens": f"{sum(index['massive']):,} (excluded from training by default)",
+    })
 
 
 @app.command("train")
@@ -243,11 +251,12 @@ def train_command(
         return
     record_stage(run, "train", config.model_dump(mode="json"),
                  {"steps": result.steps, "batch_size": result.batch_size, **result.final})
-    table = Table(title=f"train → {result.sae_dir}", show_header=False)
-    table.add_row("steps / tokens", f"{result.steps:,} / {result.tokens:,}")
-    table.add_row("tokens/s", f"{result.tokens_per_second:,.0f}")
-    table.add_row("last batch FVU / L0 / dead", f"{result.final['fvu']:.3f} / {result.final['l0']:.1f} / {result.final['dead_fraction']:.1%}")
-    console.print(table)
+    final = result.final
+    print_facts(f"train → {result.sae_dir}", {
+        "steps / tokens": f"{result.steps:,} / {result.tokens:,}",
+        "tokens/s": f"{result.tokens_per_second:,.0f}",
+        "last batch FVU / L0 / dead": f"{final['fvu']:.3f} / {final['l0']:.1f} / {final['dead_fraction']:.1%}",
+    })
 
 
 @app.command("eval")
@@ -293,11 +302,11 @@ def index_command(
         console.print(f"nothing to do: {result.db_path} already indexes this SAE with these settings")
         return
     record_stage(run, "index", config.model_dump(mode="json"), {"db_bytes": result.db_bytes})
-    table = Table(title=f"index → {result.db_path}", show_header=False)
-    table.add_row("tokens / indexed", f"{result.tokens:,} / {result.indexed_tokens:,}")
-    table.add_row("tokens/s", f"{result.tokens_per_second:,.0f}")
-    table.add_row("size", f"{result.db_bytes / 2**20:,.1f} MiB ({result.db_bytes / result.tokens:,.0f} bytes/token)")
-    console.print(table)
+    print_facts(f"index → {result.db_path}", {
+        "tokens / indexed": f"{result.tokens:,} / {result.indexed_tokens:,}",
+        "tokens/s": f"{result.tokens_per_second:,.0f}",
+        "size": f"{result.db_bytes / 2**20:,.1f} MiB ({result.db_bytes / result.tokens:,.0f} bytes/token)",
+    })
 
 
 features_app = typer.Typer(help="Query RUN/features.db: show, search, explain-text, neighbors.", no_args_is_help=True)
