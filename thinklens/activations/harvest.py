@@ -32,7 +32,7 @@ from thinklens.activations.store import (
 from thinklens.data.segments import PROMPT, Segments, token_char_spans
 from thinklens.data.traces import TraceStore
 from thinklens.errors import ThinklensError, refuse_other_identity
-from thinklens.models.layers import resolve_layer
+from thinklens.models.layers import d_model, resolve_layer
 from thinklens.models.loader import LoadedModel, ModelConfig, load_model
 from thinklens.progress import progress_bar
 
@@ -172,7 +172,6 @@ def _manifest(
     done: list[ShardInfo],
 ) -> dict[str, Any]:
     model_dtype = str(loaded.model.dtype).removeprefix("torch.")
-    hidden = getattr(loaded.model.config, "text_config", None) or loaded.model.config
     manifest = {
         "format_version": STORE_FORMAT_VERSION,
         "identity": identity,
@@ -181,7 +180,7 @@ def _manifest(
         "revision": loaded.config.revision,
         "layers": identity["layers"],
         "names": [f"layers.{layer}.resid_post" for layer in identity["layers"]],
-        "d_model": int(hidden.hidden_size),
+        "d_model": d_model(loaded.model),
         "dtype": model_dtype if config.dtype == "auto" else config.dtype,
         "chat_format": chat_format,
         "arguments": config.model_dump(mode="json"),
@@ -216,9 +215,9 @@ def _compute_shard(
     """Forward the shard's sequences and return its per-layer arrays and its token index."""
     rows = read_shard_traces(shard, traces_dir)
     offsets = np.cumsum([0] + [row["n_tokens"] for row in rows])
-    d_model = int(getattr(loaded.model.config, "text_config", loaded.model.config).hidden_size)
     storage_dtype = to_storage(torch.zeros(1, 1), dtype).dtype
-    arrays = {layer: np.empty((shard.rows, d_model), dtype=storage_dtype) for layer in layers}
+    width = d_model(loaded.model)
+    arrays = {layer: np.empty((shard.rows, width), dtype=storage_dtype) for layer in layers}
     norms = np.empty(shard.rows, dtype=np.float32)
     for batch, input_ids, mask in padded_batches(rows, config.batch_tokens, loaded.tokenizer.pad_token_id or 0):
         hidden = run_to_layers(loaded.model, input_ids.to(loaded.device), mask.to(loaded.device), layers)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from fractions import Fraction
+from typing import Any
 
 # A number: optional sign (not after a word, e.g. not the '-' of '5-3'), thousands groups or
 # plain digits, optional decimals, optional '/denominator'.
@@ -120,3 +121,10 @@ def _to_number(answer: str) -> float | None:
 
 def _squash(answer: str) -> str:
     return re.sub(r"\s+", "", answer).strip(_SURROUNDING).lower()
+
+
+def visible_text(tokenizer: Any, text: str) -> str:
+    """`text` without the tokenizer's special tokens: answers are searched in what a reader sees."""
+    for token in tokenizer.all_special_tokens:
+        text = text.replace(token, "")
+    return text.strip()

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from thinklens.data.answers import answers_match, extract_answer
+from thinklens.data.answers import answers_match, extract_answer, visible_text
 from thinklens.data.loaders import load_prompts
 from thinklens.data.records import PromptRecord
 from thinklens.data.segments import PrefixConfig, segment_trace
@@ -143,7 +143,7 @@ def generate_batch(
         encoded["input_ids"],
         encoded["attention_mask"],
         max_new_tokens=generation.max_new_tokens,
-        eos_token_ids=_eos_token_ids(loaded),
+        eos_token_ids=loaded.eos_token_ids,
         sampling=Sampling(greedy=generation.greedy, temperature=generation.temperature, top_p=generation.top_p),
         # Seeded by the batch's first prompt: a resumed run gives a batch the seed it had before.
         seed=generation.seed * 1_000_003 + batch[0].sequence_id,
@@ -171,7 +171,7 @@ def trace_row(
     segments = trace.segments
     answer_text = trace.text_of(segments.thinking_end, segments.n_tokens)
     completion = trace.text_of(segments.generation_start, segments.n_tokens)
-    answer = extract_answer(_visible(tokenizer, answer_text) or _visible(tokenizer, completion))
+    answer = extract_answer(visible_text(tokenizer, answer_text) or visible_text(tokenizer, completion))
     return {
         "sequence_id": record.sequence_id,
         "prompt_id": record.prompt_id,
@@ -233,20 +233,3 @@ def _strip_repeated_open_tag(completion: str, fmt: ReasoningFormat) -> str:
     if fmt.opens_in_prompt and stripped.startswith(fmt.open_tag):
         return stripped[len(fmt.open_tag) :].lstrip("\n")
     return completion
-
-
-def _visible(tokenizer: Any, text: str) -> str:
-    """Text without the tokenizer's special tokens (answers are searched in what a reader sees)."""
-    for token in tokenizer.all_special_tokens:
-        text = text.replace(token, "")
-    return text.strip()
-
-
-def _eos_token_ids(loaded: LoadedModel) -> list[int]:
-    ids: set[int] = set()
-    for source in (loaded.model.generation_config.eos_token_id, loaded.tokenizer.eos_token_id):
-        if isinstance(source, int):
-            ids.add(source)
-        elif source:
-            ids.update(source)
-    return sorted(ids)

@@ -21,9 +21,19 @@ _PREFERRED_BLOCK_PATHS = (
 )
 
 
+def _text_config(model: nn.Module) -> object:
+    """The language model's config (multimodal models keep it under `text_config`)."""
+    return getattr(model.config, "text_config", None) or model.config
+
+
+def d_model(model: nn.Module) -> int:
+    """Width of the residual stream."""
+    return int(_text_config(model).hidden_size)
+
+
 def n_layers(model: nn.Module) -> int:
     """Number of decoder blocks, read from the (text) config."""
-    config = getattr(model.config, "text_config", None) or model.config
+    config = _text_config(model)
     for attribute in ("num_hidden_layers", "n_layer", "num_layers"):
         value = getattr(config, attribute, None)
         if isinstance(value, int):

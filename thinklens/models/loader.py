@@ -83,6 +83,17 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def eos_token_ids(self) -> list[int]:
+        """Every token that ends generation: the generation config's and the tokenizer's EOS."""
+        ids: set[int] = set()
+        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                ids.add(source)
+            elif source:
+                ids.update(source)
+        return sorted(ids)
+
 
 def parse_model_spec(spec: str) -> ModelSpec:
     """Classify a model spec string, or raise naming the accepted forms."""

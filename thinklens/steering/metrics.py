@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from thinklens.activations.capture import capture_resid_post
-from thinklens.data.answers import answers_match, extract_answer
+from thinklens.data.answers import answers_match, extract_answer, visible_text
 from thinklens.models.loader import LoadedModel
 from thinklens.sae.sae import Sae
 from thinklens.steering.variant import SteeredOutput
@@ -67,9 +67,7 @@ def measure(output: SteeredOutput, loaded: LoadedModel, sae: Sae | None, feature
             reference: str | None, backtrack_words: Sequence[str], regex: re.Pattern[str] | None) -> SampleMetrics:
     segments = output.trace.segments
     completion = output.completion
-    visible = completion
-    for token in loaded.tokenizer.all_special_tokens:
-        visible = visible.replace(token, "")
+    visible = visible_text(loaded.tokenizer, completion)
     answer_text = output.trace.text_of(segments.thinking_end, segments.n_tokens) if segments.thinking_closed else ""
     answer = extract_answer(answer_text or visible)
     perplexity, readback = unsteered_readout(loaded, sae, feature, layer, output)

@@ -101,7 +101,6 @@ class Variant:
         encoded = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(self.loaded.device)
         prompt_ids = [row[mask.bool()].tolist() for row, mask in zip(encoded["input_ids"], encoded["attention_mask"],
                                                                       strict=True)]
-        eos = sorted({tokenizer.eos_token_id, *_as_list(self.loaded.model.generation_config.eos_token_id)} - {None})
         hook = None
         if self.spec is not None:
             if self.layer is None:
@@ -112,7 +111,8 @@ class Variant:
                                 prompt_ids)
         with steering(self.loaded.model, hook) if hook is not None else nullcontext():
             completions = generate(
-                self.loaded.model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens, eos,
+                self.loaded.model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens,
+                self.loaded.eos_token_ids,
                 sampling or Sampling(), seed, observer=hook, use_cache=use_cache,
             )
         outputs = []
@@ -155,8 +155,3 @@ def contrastive_direction(activations_dir: Path, layer: int, segments_a: Sequenc
 
     return (mean(segments_a) - mean(segments_b)).float()
 
-
-def _as_list(value) -> list[int]:
-    if value is None:
-        return []
-    return [value] if isinstance(value, int) else list(value)
