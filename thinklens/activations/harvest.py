@@ -286,7 +286,7 @@ def _index_table(
         columns["token_idx"].append(np.arange(n, dtype=np.int32))
         columns["token_id"].append(token_ids)
         columns["segment"].append(segments)
-        columns["special"].append(_special_mask(tokenizer, row, token_ids, segments, special_ids))
+        columns["special"].append(special_mask(tokenizer, row, token_ids, segments, special_ids))
         columns["norm"].append(sequence_norms)
         columns["norm_ratio"].append(ratio.astype(np.float32))
         columns["massive"].append(ratio > massive_ratio)
@@ -294,7 +294,7 @@ def _index_table(
     return pa.Table.from_arrays(arrays, schema=INDEX_SCHEMA)
 
 
-def _special_mask(
+def special_mask(
     tokenizer: Any, row: dict[str, Any], token_ids: np.ndarray, segments: np.ndarray, special_ids: set[int]
 ) -> np.ndarray:
     """Special tokens anywhere, plus prompt tokens outside the user's own words (the chat template)."""

@@ -76,6 +76,12 @@ class FeatureDB:
     def close(self) -> None:
         self.connection.close()
 
+    def __enter__(self) -> FeatureDB:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def meta(self) -> dict[str, object]:
         return {key: json.loads(value) for key, value in self.connection.execute("SELECT key, value FROM meta")}
 
