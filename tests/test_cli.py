@@ -220,3 +220,24 @@ def test_steer_and_sweep_commands(indexed_run, tmp_path):
     assert bad.exit_code == 2 and "unknown position policy 'sometimes'" in _error_line(bad)
     bad_numbers = _invoke("sweep", str(run), "--feature", "0", "--strengths", "1,two")
     assert bad_numbers.exit_code == 2 and "strengths must be numbers" in _error_line(bad_numbers)
+
+
+@pytest.mark.integration
+def test_analyze_and_map_commands(indexed_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("traces", "activations", "sae", "features.db"):
+        (run / name).symlink_to(indexed_run / name)
+    analyzed = _invoke("analyze", str(run), "--sink-traces", "2", "--bootstrap", "20")
+    assert analyzed.exit_code == 0, analyzed.output
+    assert "where attention sinks sit" in analyzed.output and "Jensen" in analyzed.output
+    for name in ("prefix", "sinks", "shift"):
+        assert (run / "analysis" / f"{name}.json").is_file() and (run / "analysis" / f"{name}.png").is_file()
+    again = _invoke("analyze", str(run), "--sink-traces", "2", "--bootstrap", "20")
+    assert again.exit_code == 0 and "sinks: up to date" in again.output
+    mapped = _invoke("map", str(run), "--n-neighbors", "5")
+    assert mapped.exit_code == 0, mapped.output
+    assert (run / "map.html").is_file() and (run / "map.png").is_file() and "dead (left out)" in mapped.output
+    assert "nothing to do" in _invoke("map", str(run), "--n-neighbors", "5").output
+    no_db = _invoke("map", str(tmp_path / "empty"))
+    assert no_db.exit_code == 2 and "run `thinklens index" in _error_line(no_db)

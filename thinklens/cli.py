@@ -8,6 +8,8 @@ result. User errors (`ThinklensError`, invalid settings) print one line and exit
 from __future__ import annotations
 
 import functools
+import inspect
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -39,6 +41,31 @@ F = TypeVar("F", bound=Callable[..., Any])
 def describe(model: type[BaseModel], field: str) -> str:
     """The one description of a config field, reused as the option's help."""
     return model.model_fields[field].description or ""
+
+
+def _stage_defaults(ctx: typer.Context, _param: Any, value: Path | None) -> Path | None:
+    """`--config FILE`: the stage's section of a run config becomes its defaults; command-line options win."""
+    if value is None:
+        return value
+    from thinklens.pipeline import load_run_config, stage_section
+
+    known = {param.name for param in ctx.command.params} - {"config_file"}
+    try:
+        document = load_run_config(value)
+        section = stage_section(document, ctx.info_name, known, value)
+    except ThinklensError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    if document.get("out") is not None:  # the run directory: `--out` of collect, RUN of the others
+        section.setdefault("out" if "out" in known else "run", document["out"])
+    ctx.default_map = {**(ctx.default_map or {}), **section}
+    return value
+
+
+ConfigFile = Annotated[
+    Path | None,
+    typer.Option("--config", is_eager=True, callback=_stage_defaults,
+                 help="Run config (YAML): this stage's section gives the defaults; options given here win."),
+]
 
 
 def user_errors(command: F) -> F:
@@ -94,13 +121,25 @@ def main_options(
 # only light dependencies at module level and pull in torch/transformers when they run.
 from thinklens.activations.harvest import HarvestConfig, harvest  # noqa: E402
 from thinklens.activations.store import ActivationStore  # noqa: E402
+from thinklens.analysis.featuremap import MapConfig  # noqa: E402
+from thinklens.analysis.outputs import AnalyzeConfig, run_analyses, write_feature_map  # noqa: E402
+from thinklens.analysis.shift import ShiftConfig  # noqa: E402
+from thinklens.analysis.sinks import SinkConfig  # noqa: E402
 from thinklens.data.collect import CollectConfig, GenerationConfig, collect  # noqa: E402
 from thinklens.data.segments import PrefixConfig  # noqa: E402
 from thinklens.data.traces import TraceStore, summarize_traces  # noqa: E402
 from thinklens.features.build import IndexConfig, build_index  # noqa: E402
 from thinklens.features.db import FeatureDB, neighbors  # noqa: E402
-from thinklens.models.loader import ModelConfig  # noqa: E402
-from thinklens.rundir import activations_dir, features_db, record_stage, sae_dir, traces_dir  # noqa: E402
+from thinklens.models.loader import ModelConfig, file_sha256  # noqa: E402
+from thinklens.rundir import (  # noqa: E402
+    activations_dir,
+    analysis_dir,
+    features_db,
+    record_config,
+    record_stage,
+    sae_dir,
+    traces_dir,
+)
 from thinklens.sae.evaluate import EvalConfig, evaluate  # noqa: E402
 from thinklens.sae.train import TrainConfig, train  # noqa: E402
 from thinklens.steering.engine import FeatureEdit, SteeringSpec  # noqa: E402
@@ -141,6 +180,7 @@ def collect_command(
     dtype: Annotated[str, typer.Option(help=describe(ModelConfig, "dtype"))] = "auto",
     device_map: Annotated[str | None, typer.Option("--device-map", help=describe(ModelConfig, "device_map"))] = None,
     revision: Annotated[str | None, typer.Option(help=describe(ModelConfig, "revision"))] = None,
+    config_file: ConfigFile = None,
 ) -> None:
     """Generate reasoning traces for a prompt set into OUT/traces (resumes; finished prompts are skipped)."""
     prefix = PrefixConfig(max_tokens=prefix_max_tokens, **({"pattern": prefix_pattern} if prefix_pattern else {}))
@@ -164,10 +204,10 @@ def collect_command(
         import_traces=import_traces,
     )
     result = collect(config, traces_dir(out))
-    record_stage(out, "collect", config.model_dump(mode="json"), {"format": result.format})
-    if result.n_written == 0:
+    if result.n_written == 0:  # run.yaml keeps what the run that wrote them resolved
         console.print(f"nothing to do: all {result.n_prompts} traces are already in {result.traces_dir}")
         return
+    record_stage(out, "collect", config.model_dump(mode="json"), {"format": result.format})
     summary = summarize_traces(TraceStore(result.traces_dir))
     print_facts(f"collect → {result.traces_dir}", {
         "traces written / skipped": f"{result.n_written} / {result.n_skipped}",
@@ -192,6 +232,7 @@ def harvest_command(
     batch_tokens: Annotated[int, typer.Option("--batch-tokens", help=describe(HarvestConfig, "batch_tokens"))] = 8192,
     massive_ratio: Annotated[float, typer.Option("--massive-ratio", help=describe(HarvestConfig, "massive_ratio"))] = 5.0,
     device: Annotated[str, typer.Option(help=describe(ModelConfig, "device"))] = "auto",
+    config_file: ConfigFile = None,
 ) -> None:
     """Capture the residual stream of LAYER(s) over RUN/traces into RUN/activations (resumes)."""
     collected = TraceStore(traces_dir(run)).meta()
@@ -203,10 +244,10 @@ def harvest_command(
         massive_ratio=massive_ratio, model=model,
     )
     result = harvest(config, traces_dir(run), activations_dir(run))
-    record_stage(run, "harvest", config.model_dump(mode="json"), {"tokens": result.token_count})
     if result.shards_written == 0:
         console.print(f"nothing to do: {result.activations_dir} already holds all {result.token_count:,} tokens")
         return
+    record_stage(run, "harvest", config.model_dump(mode="json"), {"tokens": result.token_count})
     index = ActivationStore(result.activations_dir).index(["special", "massive"]).to_pydict()
     print_facts(f"harvest → {result.activations_dir}", {
         "shards written / skipped": f"{result.shards_written} / {result.shards_skipped}",
@@ -237,6 +278,7 @@ def train_command(
     ] = 0.05,
     checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help=describe(TrainConfig, "checkpoint_every"))] = 200,
     wandb_project: Annotated[str | None, typer.Option("--wandb-project", help=describe(TrainConfig, "wandb_project"))] = None,
+    config_file: ConfigFile = None,
 ) -> None:
     """Train an SAE on RUN/activations into RUN/sae (resumes from its checkpoint)."""
     config = TrainConfig(
@@ -265,11 +307,19 @@ def eval_command(
     run: Annotated[Path, typer.Argument(help="Run directory holding sae/, activations/ and traces/.")],
     lm_sequences: Annotated[int, typer.Option("--lm-sequences", help=describe(EvalConfig, "lm_sequences"))] = 32,
     batch_size: Annotated[int, typer.Option("--batch-size", help=describe(EvalConfig, "batch_size"))] = 4096,
+    config_file: ConfigFile = None,
 ) -> None:
     """Held-out FVU, L0, dead and dense fractions (overall and per segment) and the LM loss cost of RUN/sae."""
     config = EvalConfig(lm_sequences=lm_sequences, batch_size=batch_size)
+    weights = sae_dir(run) / "sae_weights.safetensors"
+    identity = {"config": config.model_dump(mode="json"),
+                "sae_sha256": file_sha256(weights) if weights.is_file() else None}
+    existing = sae_dir(run) / "eval.json"
+    if existing.is_file() and {k: json.loads(existing.read_text()).get(k) for k in identity} == identity:
+        console.print(f"nothing to do: {existing} already evaluates this SAE with these settings")
+        return
     report = evaluate(sae_dir(run), activations_dir(run), traces_dir(run), config)
-    write_json_atomic(sae_dir(run) / "eval.json", report.as_dict())
+    write_json_atomic(existing, {**report.as_dict(), **identity})
     record_stage(run, "eval", config.model_dump(mode="json"), {"fvu": report.overall.fvu, **report.lm})
     table = Table(title=f"eval of {sae_dir(run)} on held-out sequences")
     for column in ("segment", "tokens", "FVU", "L0", "dead", "dense"):
@@ -294,6 +344,7 @@ def index_command(
     quantile_samples: Annotated[int, typer.Option("--quantile-samples", help=describe(IndexConfig, "quantile_samples"))] = 16,
     store_all: Annotated[bool, typer.Option("--all", help=describe(IndexConfig, "store_all"))] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help=describe(IndexConfig, "batch_size"))] = 4096,
+    config_file: ConfigFile = None,
 ) -> None:
     """Encode RUN/activations with RUN/sae into RUN/features.db (public R1 schema + our own tables)."""
     config = IndexConfig(top=top, quantile_samples=quantile_samples, store_all=store_all, batch_size=batch_size)
@@ -415,7 +466,9 @@ def _floats(text: str) -> tuple[float, ...]:
 @user_errors
 def sweep_command(
     run: Annotated[Path, typer.Argument(help="Run directory holding traces/, sae/ and features.db.")],
-    feature: Annotated[int, typer.Option(help=describe(SweepConfig, "feature"))],
+    feature: Annotated[
+        str, typer.Option(help="Feature to steer, or 'auto': the feature most enriched in the thinking (from analyze).")
+    ] = "auto",
     strengths: Annotated[str, typer.Option(help="Comma-separated strengths (0 = baseline is always included).")] = "0,1,2,4,8,16,32",
     policy: Annotated[str, typer.Option(help="Comma-separated position policies.")] = "first_token,after_prefix",
     mode: Annotated[str, typer.Option(help=describe(SweepConfig, "mode"))] = "add",
@@ -426,11 +479,13 @@ def sweep_command(
     seed: Annotated[int, typer.Option(help=describe(SweepConfig, "seed"))] = 0,
     regex: Annotated[str | None, typer.Option(help=describe(SweepConfig, "regex"))] = None,
     name: Annotated[str | None, typer.Option(help="Sweep directory name under RUN/sweeps (default feature-F).")] = None,
+    config_file: ConfigFile = None,
 ) -> None:
     """Steer one feature at several strengths and position policies; JSONL, regime table and plots in RUN/sweeps/."""
     from thinklens.steering.from_run import open_variant, run_prompts
     from thinklens.steering.sweep import run_sweep
 
+    feature = _sweep_feature(run, feature)
     config = SweepConfig(
         feature=feature, strengths=_floats(strengths), policies=tuple(p.strip() for p in policy.split(",") if p.strip()),
         mode=mode, absolute=absolute, prompts=prompts, samples=samples, max_new_tokens=max_new_tokens, seed=seed,
@@ -438,8 +493,12 @@ def sweep_command(
     )
     for each in config.policies:
         SteeringSpec(edits=(FeatureEdit(feature=feature, strength=1.0),), policy=each)  # validates the policy name
-    variant = open_variant(traces_dir(run), sae_dir(run), features_db(run), [feature])
     directory = Path(run) / "sweeps" / (name or f"feature-{feature}")
+    summary = directory / "summary.json"
+    if summary.is_file() and json.loads(summary.read_text()).get("config") == config.model_dump(mode="json"):
+        console.print(f"nothing to do: {summary} already holds this sweep")
+        return
+    variant = open_variant(traces_dir(run), sae_dir(run), features_db(run), [feature])
     result = run_sweep(config, variant, run_prompts(traces_dir(run), prompts), directory)
     record_stage(run, f"sweep:{directory.name}", config.model_dump(mode="json"), {"oversteering": result.oversteering})
     table = Table(title=f"sweep of feature {feature} → {directory}")
@@ -453,6 +512,142 @@ def sweep_command(
     for each, seen in result.oversteering.items():
         console.print(f"{each}: {'oversteering pattern (steered → reverted → broken)' if seen else 'no oversteering pattern'}")
     console.print(f"samples: {directory / 'samples.jsonl'}  plots: {directory / 'behaviour.png'}, {directory / 'coherence.png'}")
+
+
+def _sweep_feature(run: Path, feature: str) -> int:
+    """A feature id, or for 'auto' the feature most enriched in the thinking (else the prefix) by `analyze`."""
+    if feature != "auto":
+        try:
+            return int(feature)
+        except ValueError:
+            raise ThinklensError(f"--feature must be a feature id or 'auto', not {feature!r}") from None
+    shift = analysis_dir(run) / "shift.json"
+    if not shift.is_file():
+        raise ThinklensError(f"--feature auto reads {shift}: run `thinklens analyze {run}` first, or name a feature")
+    enriched = json.loads(shift.read_text())["result"]["enriched"]
+    for segment in ("thinking", "prefix", "answer", "prompt"):
+        if enriched.get(segment):
+            return int(enriched[segment][0]["feature_id"])
+    raise ThinklensError(f"{shift} lists no enriched feature: name one with --feature")
+
+
+@app.command("label")
+@user_errors
+def label_command(
+    run: Annotated[Path, typer.Argument(help="Run directory holding features.db.")],
+    force: Annotated[bool, typer.Option("--force", help="Relabel even when every feature has a label.")] = False,
+) -> None:
+    """Offline heuristic labels (dominant activating tokens + segment) into features.db's autointerp table."""
+    from thinklens.features.labels import write_heuristic_labels
+
+    if not features_db(run).is_file():
+        raise ThinklensError(f"no feature database at {features_db(run)}: run `thinklens index {run}` first")
+    written, skipped = write_heuristic_labels(features_db(run), force=force)
+    if skipped:
+        console.print(f"nothing to do: every feature in {features_db(run)} has a label")
+        return
+    record_stage(run, "label", {"force": force}, {"labelled": written})
+    console.print(f"labelled {written:,} features in {features_db(run)} (model_name='heuristic')")
+
+
+@app.command("report")
+@user_errors
+def report_command(
+    run: Annotated[Path, typer.Argument(help="Run directory (any stages done so far are reported).")],
+) -> None:
+    """Write RUN/report.html: one self-contained page with every section of the run."""
+    from thinklens.report import write_report
+
+    path, skipped = write_report(run)
+    console.print(f"{'nothing to do: up to date' if skipped else 'report'}: {path}")
+
+
+@app.command("analyze")
+@user_errors
+def analyze_command(
+    run: Annotated[Path, typer.Argument(help="Run directory holding traces/ (and sae/, activations/, features.db).")],
+    sink_traces: Annotated[int, typer.Option("--sink-traces", help=describe(SinkConfig, "traces"))] = 16,
+    sink_max_tokens: Annotated[int, typer.Option("--sink-max-tokens", help=describe(SinkConfig, "max_tokens"))] = 512,
+    sink_threshold: Annotated[
+        float, typer.Option("--sink-threshold", help=describe(SinkConfig, "sink_threshold"))
+    ] = 0.3,
+    bootstrap: Annotated[int, typer.Option(help=describe(ShiftConfig, "bootstrap"))] = 200,
+    top: Annotated[int, typer.Option(help=describe(ShiftConfig, "top"))] = 10,
+    skip_sinks: Annotated[bool, typer.Option("--skip-sinks", help=describe(AnalyzeConfig, "skip_sinks"))] = False,
+    skip_shift: Annotated[bool, typer.Option("--skip-shift", help=describe(AnalyzeConfig, "skip_shift"))] = False,
+    config_file: ConfigFile = None,
+) -> None:
+    """Prefix statistics, massive activations and attention sinks, segment shift → RUN/analysis/*.json + *.png."""
+    config = AnalyzeConfig(
+        sinks=SinkConfig(traces=sink_traces, max_tokens=sink_max_tokens, sink_threshold=sink_threshold),
+        shift=ShiftConfig(bootstrap=bootstrap, top=top),
+        skip_sinks=skip_sinks, skip_shift=skip_shift,
+    )
+    outcome = run_analyses(config, traces_dir(run), activations_dir(run), sae_dir(run), features_db(run),
+                           analysis_dir(run))
+    if outcome.written:  # an all-up-to-date re-run leaves run.yaml (and so the report) alone
+        record_stage(run, "analyze", config.model_dump(mode="json"), {"written": sorted(outcome.written),
+                                                                      "up_to_date": outcome.skipped})
+    print_analysis(outcome.results)
+    for name in outcome.skipped:
+        console.print(f"{name}: up to date ({analysis_dir(run) / name}.json)")
+    for name, paths in outcome.written.items():
+        console.print(f"{name}: " + "  ".join(str(path) for path in paths))
+
+
+def print_analysis(results: dict[str, dict[str, Any]]) -> None:
+    """The headline numbers of each analysis as small tables."""
+    if "prefix" in results:
+        overall = results["prefix"]["overall"]
+        forced = results["prefix"]["forced_opening"]
+        print_facts("prefix statistics", {
+            "traces": f"{overall['traces']:,}",
+            "opening with 'Okay,'": f"{overall['okay_share']:.1%}" + (f" (forced: {forced!r})" if forced else ""),
+            "prefix pattern matched": f"{overall['prefix_match_rate']:.1%}",
+            "prefix tokens (median)": f"{overall['prefix_tokens'].get('median', float('nan')):.0f}",
+        })
+    if "sinks" in results:
+        sinks = results["sinks"]
+        table = Table(title=f"where attention sinks sit ({sinks['traces']} traces, head threshold {sinks['sink_threshold']})")
+        for column in ("place", "positions", "norm ratio (peak)", "attention received", "share of sinks",
+                       "share of sinks after first token"):
+            table.add_column(column, justify="left" if column == "place" else "right")
+        for place in sinks["places"]:
+            table.add_row(place["place"], f"{place['positions']:,}", f"{place['norm_ratio_peak']:.1f}",
+                          f"{place['attention_mass']:.3f}", f"{place['share_of_sinks']:.1%}",
+                          f"{place['share_of_sinks_after_first']:.1%}")
+        console.print(table)
+    if "shift" in results:
+        table = Table(title="segment shift: Jensen–Shannon divergence of feature distributions (95 % bootstrap)")
+        for column in ("segments", "JSD (bits)", "interval"):
+            table.add_column(column)
+        for item in results["shift"]["divergences"]:
+            table.add_row(f"{item['a']} – {item['b']}", f"{item['jsd']:.3f}", f"[{item['low']:.3f}, {item['high']:.3f}]")
+        console.print(table)
+
+
+@app.command("map")
+@user_errors
+def map_command(
+    run: Annotated[Path, typer.Argument(help="Run directory holding sae/ and features.db.")],
+    n_neighbors: Annotated[int, typer.Option("--n-neighbors", help=describe(MapConfig, "n_neighbors"))] = 15,
+    min_dist: Annotated[float, typer.Option("--min-dist", help=describe(MapConfig, "min_dist"))] = 0.1,
+    seed: Annotated[int, typer.Option(help=describe(MapConfig, "seed"))] = 0,
+    config_file: ConfigFile = None,
+) -> None:
+    """UMAP of the SAE's decoder directions → RUN/map.html (DataMapPlot, works offline) and RUN/map.png."""
+    config = MapConfig(n_neighbors=n_neighbors, min_dist=min_dist, seed=seed)
+    html, png = Path(run) / "map.html", Path(run) / "map.png"
+    result, skipped = write_feature_map(config, sae_dir(run), features_db(run), html, png,
+                                        analysis_dir(run) / "map.json")
+    if skipped:
+        console.print(f"nothing to do: {html} already maps this SAE with these settings")
+        return
+    record_stage(run, "map", config.model_dump(mode="json"), {"live": result["live"], "dead": result["dead"]})
+    print_facts(f"map → {html}", {
+        "features": f"{result['features']:,}", "live (mapped)": f"{result['live']:,}",
+        "dead (left out)": f"{result['dead']:,}", "static": str(png),
+    })
 
 
 @app.command("steer")
@@ -486,6 +681,49 @@ def steer_command(
     table.add_column("steered", ratio=1)
     table.add_row(baseline.completion, steered.completion)
     console.print(table)
+
+
+@app.command("run")
+@user_errors
+def run_command(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Run config (YAML); see configs/.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default: the config's `out`).")] = None,
+    from_stage: Annotated[
+        str | None, typer.Option("--from", help="Force this stage and every later one (their outputs are replaced).")
+    ] = None,
+) -> None:
+    """Run every stage: collect → harvest → train → eval → index → label → analyze → map → sweep → report.
+
+    Each stage skips work already done, so a re-run after a crash resumes where it stopped.
+    """
+    from thinklens.pipeline import STAGES, load_run_config, remove_artifacts, stage_section, stages_from
+
+    document = load_run_config(config) if config else {}
+    run = out or (Path(document["out"]) if document.get("out") else None)
+    if run is None:
+        raise ThinklensError("no run directory: pass --out RUN or set `out:` in the config")
+    forced = stages_from(from_stage)
+    record_config(run, {**document, "out": str(run)})
+    commands = {
+        "collect": collect_command, "harvest": harvest_command, "train": train_command, "eval": eval_command,
+        "index": index_command, "label": label_command, "analyze": analyze_command, "map": map_command,
+        "sweep": sweep_command, "report": report_command,
+    }
+    for number, stage in enumerate(STAGES, start=1):
+        console.rule(f"[bold]{number}/{len(STAGES)} {stage}")
+        for removed in remove_artifacts(run, stage) if stage in forced else []:
+            console.print(f"--from {from_stage}: removed {removed}")
+        command = commands[stage]
+        parameters = inspect.signature(command).parameters
+        settings = stage_section(document, stage, set(parameters) - {"config_file", "run", "out"}, config or "")
+        missing = [name for name, parameter in parameters.items()
+                   if parameter.default is inspect.Parameter.empty and name not in {"run", "out"} | set(settings)]
+        if missing:
+            raise ThinklensError(f"stage '{stage}' needs {', '.join(missing)}: set it in the config's '{stage}' section")
+        command(**{"out" if stage == "collect" else "run": run}, **settings)
+    console.rule("[bold]done")
+    for name in ("report.html", "map.html", "features.db"):
+        console.print(f"{name}: {Path(run) / name}")
 
 
 def main() -> None:

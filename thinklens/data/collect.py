@@ -47,7 +47,10 @@ class CollectConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig, description="The model that writes the traces.")
     prompts: str = Field(
         default="arithmetic",
-        description="Built-in set (arithmetic, logic), a .jsonl/.json/.parquet/.csv file, or a hub dataset (org/name).",
+        description=(
+            "Built-in set (arithmetic, logic), a .jsonl/.json/.parquet/.csv file, or a hub dataset (org/name); "
+            "join several with + (arithmetic+logic) to interleave them."
+        ),
     )
     limit: int | None = Field(default=None, ge=1, description="Use the first N prompts of the set.")
     prompt_seed: int = Field(default=0, description="Seed of the built-in procedural sets.")

@@ -11,6 +11,7 @@ import csv
 import itertools
 import json
 from collections.abc import Iterable, Iterator
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +38,13 @@ def load_prompts(
     defaults to `DEFAULT_BUILTIN_SIZE`), a .jsonl/.json/.parquet/.csv file, a directory written
     by `datasets`' `save_to_disk`, or a Hugging Face dataset `org/name` (or `hf:org/name`) whose
     `split` is loaded. `limit` keeps the first N prompts; rows with an empty prompt are skipped.
+    Several sources joined by '+' (`arithmetic+logic`) are interleaved, the limit shared evenly;
+    each record keeps its own set's name as `source`, and sequence ids are renumbered in order.
     """
     if limit is not None and limit < 1:
         raise ThinklensError(f"limit must be at least 1, not {limit}; pass a positive limit or none for all")
+    if "+" in spec:
+        return _mixed_prompts(spec.split("+"), limit, seed, split)
     if spec in BUILTIN_SETS:
         return builtin_prompts(spec, DEFAULT_BUILTIN_SIZE if limit is None else limit, seed=seed)
     if spec.startswith("hf:"):
@@ -256,3 +261,14 @@ def _is_scalar(value: Any) -> bool:
 def _first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+def _mixed_prompts(specs: list[str], limit: int | None, seed: int, split: str) -> list[PromptRecord]:
+    """Interleave several sources: record i of each set in turn, so any prefix of the mix is balanced."""
+    if not all(specs):
+        raise ThinklensError("an empty name in a '+'-joined prompt spec; write e.g. 'arithmetic+logic'")
+    share = None if limit is None else -(-limit // len(specs))  # ceil: every set gets its share
+    sets = [load_prompts(spec, share, seed, split) for spec in specs]
+    mixed = [record for group in zip_longest(*sets) for record in group if record is not None]
+    mixed = mixed[:limit] if limit is not None else mixed
+    return [record.model_copy(update={"sequence_id": i}) for i, record in enumerate(mixed)]

@@ -27,7 +27,7 @@ from thinklens.activations.store import ActivationStore
 from thinklens.data.segments import SEGMENT_NAMES
 from thinklens.data.traces import TraceStore
 from thinklens.features.db import FeatureDB
-from thinklens.features.labels import heuristic_labels
+from thinklens.features.labels import HEURISTIC_MODEL, HEURISTIC_VERSION, heuristic_labels
 from thinklens.features.schema import migrate
 from thinklens.features.topk import TopPerFeature
 from thinklens.files import atomic_path
@@ -141,8 +141,8 @@ def build_index(
         if not config.store_all:
             _insert_examples(connection, stats, config)
         connection.executemany(
-            "INSERT OR REPLACE INTO autointerp VALUES (?, ?, ?, ?, NULL, NULL, 'heuristic', 'heuristic-v1')",
-            heuristic_labels(connection),
+            "INSERT OR REPLACE INTO autointerp VALUES (?, ?, ?, ?, NULL, NULL, ?, ?)",
+            (row + (HEURISTIC_MODEL, HEURISTIC_VERSION) for row in heuristic_labels(connection)),
         )
         _insert_meta(connection, sae_dir, sae, manifest, config, store.token_count, indexed)
         connection.commit()

@@ -10,11 +10,42 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 from thinklens.data.segments import SEGMENT_NAMES
 
+HEURISTIC_MODEL = "heuristic"
+HEURISTIC_VERSION = "heuristic-v1"
 TOP_EXAMPLES = 16  # examples the label is made from
 CITED_EXAMPLES = 4  # of those, the ones cited in autointerp.seqs / indices (all are in `activations`)
+
+
+def write_heuristic_labels(db_path: Path, force: bool = False) -> tuple[int, bool]:
+    """Label every feature with stored examples in `db_path`; returns (labelled features, skipped).
+
+    Skipped when every such feature already has a label of this version (or any LLM label) and not
+    `force`. LLM labels (another model_name) are never overwritten.
+    """
+    connection = sqlite3.connect(db_path)
+    try:
+        missing = connection.execute(
+            """SELECT count(DISTINCT a.feature_id) FROM activations a LEFT JOIN autointerp l USING (feature_id)
+               WHERE l.feature_id IS NULL OR (l.model_name = ? AND l.prompt_version != ?)""",
+            (HEURISTIC_MODEL, HEURISTIC_VERSION),
+        ).fetchone()[0]
+        if missing == 0 and not force:
+            return 0, True
+        llm_labelled = {row[0] for row in connection.execute(
+            "SELECT feature_id FROM autointerp WHERE model_name != ?", (HEURISTIC_MODEL,))}
+        rows = [row for row in heuristic_labels(connection) if row[0] not in llm_labelled]
+        connection.executemany(
+            "INSERT OR REPLACE INTO autointerp VALUES (?, ?, ?, ?, NULL, NULL, ?, ?)",
+            (row + (HEURISTIC_MODEL, HEURISTIC_VERSION) for row in rows),
+        )
+        connection.commit()
+        return len(rows), False
+    finally:
+        connection.close()
 
 
 def heuristic_labels(connection: sqlite3.Connection) -> Iterator[tuple[int, str, str, str]]:

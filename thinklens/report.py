@@ -1,0 +1,308 @@
+"""report.html: one self-contained page a researcher reads after a run (works offline).
+
+Sections: run summary (model, layer, tokens, SAE metrics), prefix statistics, massive activations and
+attention sinks, segment shift, the most segment-specific features with their top examples, the
+feature map (static image embedded, interactive map.html linked), the steering sweep (plots and
+regime table), and the commands that reproduce each part. Images are embedded as data URIs. The page
+is rebuilt only when one of the files it is made from changed (their sha256 is kept in a meta tag).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from thinklens.data.traces import TraceStore, summarize_traces
+from thinklens.errors import ThinklensError
+from thinklens.files import atomic_path
+
+SECTIONS = ("summary", "prefix", "sinks", "shift", "features", "map", "steering", "reproduce")
+INPUTS_META = re.compile(r'<meta name="thinklens-inputs" content="([0-9a-f]{64})">')
+
+STYLE = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; margin: 0 auto; max-width: 1180px;
+       padding: 1.5rem 2rem 4rem; color: #1d1d1f; line-height: 1.45; }
+h1 { margin-bottom: .2rem; } h2 { border-bottom: 2px solid #e5e5ea; padding-bottom: .3rem; margin-top: 2.4rem; }
+nav a { margin-right: .9rem; } table { border-collapse: collapse; margin: .6rem 0 1rem; font-size: .9rem; }
+th, td { border-bottom: 1px solid #e5e5ea; padding: .25rem .6rem; text-align: right; vertical-align: top; }
+th:first-child, td:first-child { text-align: left; } img { max-width: 100%; border: 1px solid #eee; }
+code, pre { background: #f5f5f7; border-radius: 4px; } pre { padding: .7rem; overflow-x: auto; font-size: .85rem; }
+.example { font-family: ui-monospace, monospace; font-size: .8rem; white-space: pre-wrap; text-align: left; }
+.example mark { background: #ffd54f; } .muted { color: #6e6e73; font-size: .9rem; }
+.regime-unchanged { background: #eee; } .regime-steered { background: #c8eec8; }
+.regime-reverted { background: #f8e1b0; } .regime-broken { background: #f4c1c1; }
+"""
+
+# Marks the body with how many images decoded, so a headless browser's DOM dump can check them.
+IMAGE_CHECK = """
+window.addEventListener('load', () => {
+  const images = Array.from(document.images);
+  document.body.dataset.imagesLoaded = images.filter(i => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.imagesBroken = images.filter(i => !(i.complete && i.naturalWidth > 0)).length;
+});
+"""
+
+
+def write_report(run: Path, path: Path | None = None) -> tuple[Path, bool]:
+    """Write RUN/report.html from the run's artifacts; returns (path, skipped because nothing changed)."""
+    run = Path(run)
+    path = Path(path) if path else run / "report.html"
+    inputs = _input_files(run)
+    digest = _digest(inputs)
+    if path.is_file():
+        found = INPUTS_META.search(path.read_text(encoding="utf-8", errors="replace")[:4096])
+        if found and found.group(1) == digest:
+            return path, True
+    page = render_report(run, digest)
+    with atomic_path(path) as temp:
+        temp.write_text(page, encoding="utf-8")
+    return path, False
+
+
+def render_report(run: Path, digest: str = "0" * 64) -> str:
+    """The report page as a string."""
+    run = Path(run)
+    if not (run / "traces").is_dir():
+        raise ThinklensError(f"{run} holds no traces: run `thinklens run --out {run}` first")
+    facts = _load(run)
+    body = [
+        f"<h1>thinklens report · {html.escape(str(facts['title']))}</h1>",
+        f"<p class=muted>run directory <code>{html.escape(str(run.resolve()))}</code></p>",
+        "<nav>" + "".join(f"<a href='#{name}'>{name}</a>" for name in SECTIONS) + "</nav>",
+        _summary(facts), _prefix(run, facts), _sinks(run, facts), _shift(run, facts), _features(facts),
+        _map(run, facts), _steering(run, facts), _reproduce(run, facts),
+    ]
+    return (
+        "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
+        f'<meta name="thinklens-inputs" content="{digest}">'
+        f"<title>thinklens report · {html.escape(str(facts['title']))}</title><style>{STYLE}</style></head>"
+        f"<body>{''.join(body)}<script>{IMAGE_CHECK}</script></body></html>\n"
+    )
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def _input_files(run: Path) -> list[Path]:
+    names = ["run.yaml", "sae/eval.json", "sae/cfg.json", "analysis/prefix.json", "analysis/sinks.json",
+             "analysis/shift.json", "analysis/map.json", "analysis/prefix.png", "analysis/sinks.png",
+             "analysis/shift.png", "map.png", "traces/_meta.json"]
+    files = [run / name for name in names if (run / name).is_file()]
+    files += sorted((run / "traces").glob("part-*.parquet"))
+    files += sorted(p for p in (run / "sweeps").glob("*/*") if p.suffix in (".json", ".png"))
+    return files
+
+
+def _digest(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.name).encode())
+        digest.update(hashlib.sha256(file.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _load(run: Path) -> dict[str, Any]:
+    def result(name: str) -> dict[str, Any] | None:
+        path = run / "analysis" / f"{name}.json"
+        return json.loads(path.read_text())["result"] if path.is_file() else None
+
+    run_yaml = yaml.safe_load((run / "run.yaml").read_text()) if (run / "run.yaml").is_file() else {}
+    sae_cfg = json.loads((run / "sae" / "cfg.json").read_text()) if (run / "sae" / "cfg.json").is_file() else {}
+    sweeps = []
+    for summary in sorted((run / "sweeps").glob("*/summary.json")):
+        sweeps.append({"directory": summary.parent, **json.loads(summary.read_text())})
+    store = TraceStore(run / "traces")
+    model = ((store.meta() or {}).get("identity", {}).get("model", {}) or {}).get("model", "?")
+    layer = sae_cfg.get("thinklens", {}).get("layer", sae_cfg.get("hook_layer", "?"))
+    return {
+        "title": f"{model} · layer {layer}",
+        "model": model,
+        "layer": layer,
+        "run_yaml": run_yaml or {},
+        "sae_cfg": sae_cfg,
+        "eval": json.loads((run / "sae" / "eval.json").read_text()) if (run / "sae" / "eval.json").is_file() else None,
+        "traces": summarize_traces(store) if store.meta() else {},
+        "prefix": result("prefix"), "sinks": result("sinks"), "shift": result("shift"), "map": result("map"),
+        "sweeps": sweeps,
+    }
+
+
+# ----------------------------------------------------------------------------------------- pieces
+def _section(name: str, title: str, *parts: str) -> str:
+    return f"<section id='{name}'><h2>{html.escape(title)}</h2>{''.join(parts)}</section>"
+
+
+def _table(header: list[str], rows: list[list[Any]], row_classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = []
+    for i, row in enumerate(rows):
+        css = f" class='{row_classes[i]}'" if row_classes else ""
+        body.append(f"<tr{css}>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _image(path: Path, alt: str) -> str:
+    if not path.is_file():
+        return f"<p class=muted>({html.escape(alt)}: not made yet)</p>"
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f"<p><img alt='{html.escape(alt)}' src='data:image/png;base64,{data}'></p>"
+
+
+def _missing(command: str) -> str:
+    return f"<p class=muted>Not computed yet: run <code>{html.escape(command)}</code>.</p>"
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None or value != value else f"{value:.1%}"
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    return "–" if value is None or value != value else f"{value:.{digits}g}"
+
+
+def _summary(facts: dict[str, Any]) -> str:
+    traces, stages = facts["traces"], facts["run_yaml"].get("stages", {})
+    harvested = stages.get("harvest", {}).get("resolved", {}).get("tokens")
+    cfg = facts["sae_cfg"]
+    rows = [
+        ["model", html.escape(str(facts["model"]))],
+        ["layer (SAE hook)", html.escape(str(cfg.get("thinklens", {}).get("hook_name", facts["layer"])))],
+        ["traces", f"{traces.get('traces', 0):,}"],
+        ["generated tokens", f"{int(traces.get('generated_tokens', 0)):,}" if traces else "–"],
+        ["harvested tokens", f"{harvested:,}" if harvested else "–"],
+        ["SAE", html.escape(f"{cfg.get('thinklens', {}).get('arch', cfg.get('architecture', '?'))}, "
+                            f"{cfg.get('d_in', '?')} → {cfg.get('d_sae', '?')}, k {cfg.get('thinklens', {}).get('k', '–')}")],
+    ]
+    evaluation = facts["eval"]
+    if evaluation:
+        overall, lm = evaluation["overall"], evaluation.get("lm") or {}
+        rows += [
+            ["held-out FVU", _num(overall["fvu"])], ["L0", f"{overall['l0']:.1f}"],
+            ["dead / dense features", f"{_pct(overall.get('dead_fraction'))} / {_pct(overall.get('dense_fraction'))}"],
+        ]
+        if lm:
+            rows.append(["next-token loss clean → spliced (recovered)",
+                         f"{lm['clean']:.3f} → {lm['spliced']:.3f} ({_pct(lm['loss_recovered'])})"])
+    return _section("summary", "Run summary", _table(["", ""], rows))
+
+
+def _prefix(run: Path, facts: dict[str, Any]) -> str:
+    prefix = facts["prefix"]
+    if not prefix:
+        return _section("prefix", "Prefix statistics", _missing(f"thinklens analyze {run}"))
+    forced = prefix["forced_opening"]
+    note = (f"<p class=muted>The opening {html.escape(repr(forced))} was forced (the think format's default), so the "
+            "'Okay,' share is 100 % by construction; what follows it is the model's.</p>") if forced else ""
+    rows = [[html.escape(s["source"]), f"{s['traces']:,}", _pct(s["okay_share"]), _pct(s["prefix_match_rate"]),
+             _num(s["prefix_tokens"].get("median")), _num(s["prefix_tokens"].get("p90")),
+             "<br>".join(html.escape(f"{t} ({c})") for t, c in s["top_openings"][:3])]
+            for s in [prefix["overall"], *prefix["by_source"]]]
+    table = _table(["prompt set", "traces", "opens with 'Okay,'", "prefix matched", "prefix tokens (median)",
+                    "p90", "top openings"], rows)
+    return _section("prefix", "Prefix statistics", note, table, _image(run / "analysis" / "prefix.png", "prefix"))
+
+
+def _sinks(run: Path, facts: dict[str, Any]) -> str:
+    sinks = facts["sinks"]
+    if not sinks:
+        return _section("sinks", "Massive activations and attention sinks", _missing(f"thinklens analyze {run}"))
+    rows = [[html.escape(p["place"]), f"{p['positions']:,}", f"{p['norm_ratio_peak']:.1f}",
+             f"{p['attention_mass']:.3f}", _pct(p["sink_share"]), _pct(p["share_of_sinks"]),
+             _pct(p["share_of_sinks_after_first"])] for p in sinks["places"]]
+    intro = (f"<p>{sinks['traces']} traces, {sinks['layers']} layers × {sinks['heads']} heads, eager attention. "
+             f"A head treats a position as a sink when later queries give it more than {sinks['sink_threshold']} "
+             "of their attention on average. The plots align traces on the end of the opening prefix.</p>")
+    table = _table(["place", "positions", "norm / median (peak layer)", "attention received", "sink share of heads",
+                    "share of all sinks", "share of sinks after the first token"], rows)
+    return _section("sinks", "Massive activations and attention sinks", intro, table,
+                    _image(run / "analysis" / "sinks.png", "sinks"))
+
+
+def _shift(run: Path, facts: dict[str, Any]) -> str:
+    shift = facts["shift"]
+    if not shift:
+        return _section("shift", "Segment shift", _missing(f"thinklens analyze {run}"))
+    tokens = ", ".join(f"{name} {count:,}" for name, count in shift["tokens"].items())
+    rows = [[html.escape(f"{d['a']} – {d['b']}"), f"{d['jsd']:.3f}", f"[{d['low']:.3f}, {d['high']:.3f}]"]
+            for d in shift["divergences"]]
+    return _section(
+        "shift", "Segment shift",
+        f"<p>Tokens per segment: {html.escape(tokens)}. Jensen–Shannon divergence (bits) between the segments' "
+        "feature distributions, 95 % bootstrap over sequences:</p>",
+        _table(["segments", "JSD", "interval"], rows), _image(run / "analysis" / "shift.png", "shift"),
+    )
+
+
+def _features(facts: dict[str, Any]) -> str:
+    shift = facts["shift"]
+    if not shift:
+        return _section("features", "Segment-specific features", _missing("thinklens analyze RUN"))
+    parts = []
+    for segment, features in shift["enriched"].items():
+        rows = []
+        for item in features[:5]:
+            examples = "".join(
+                f"<div class=example>{html.escape(e['before'])}<mark>{html.escape(e['token'])}</mark>"
+                f"{html.escape(e['after'])}</div>" for e in item["examples"][:2]
+            )
+            rows.append([f"#{item['feature_id']}", html.escape(item["label"] or ""), f"{item['rate']:.2%}",
+                         f"{item['rate_elsewhere']:.3%}", f"{item['log2_enrichment']:.1f}", examples])
+        parts.append(f"<h3>{html.escape(segment)}</h3>" + _table(
+            ["feature", "label", "rate here", "rate elsewhere", "log2 enrichment", "top examples"], rows))
+    return _section("features", "Segment-specific features", *parts)
+
+
+def _map(run: Path, facts: dict[str, Any]) -> str:
+    layout = facts["map"]
+    if not layout:
+        return _section("map", "Feature map", _missing(f"thinklens map {run}"))
+    link = "<p><a href='map.html'>Open the interactive map (map.html)</a>: hover for labels, search by text.</p>" \
+        if (run / "map.html").is_file() else ""
+    return _section("map", "Feature map",
+                    f"<p>{layout['live']:,} live features of {layout['features']:,} ({layout['dead']:,} dead, left "
+                    "out); UMAP of decoder directions under cosine distance, coloured by the segment where each fires "
+                    "most.</p>", link, _image(run / "map.png", "feature map"))
+
+
+def _steering(run: Path, facts: dict[str, Any]) -> str:
+    if not facts["sweeps"]:
+        return _section("steering", "Steering sweep", _missing(f"thinklens sweep {run} --feature F"))
+    parts = []
+    for sweep in facts["sweeps"]:
+        config, points = sweep["config"], sweep["points"]
+        patterns = ", ".join(f"{policy}: {'yes' if seen else 'no'}" for policy, seen in sweep["oversteering"].items())
+        rows = [[html.escape(p["policy"]), f"{p['strength']:g}", html.escape(p["regime"]), f"{p['shift']:.2f}",
+                 f"{p['ppl_ratio']:.2f}", f"{p['distinct2_ratio']:.2f}", _num(p["means"].get("readback"))]
+                for p in points]
+        parts.append(
+            f"<h3>feature {config['feature']} ({html.escape(config['mode'])}, {len(config['policies'])} policies, "
+            f"{config['prompts']} prompts × {config['samples']} samples)</h3>"
+            f"<p>Oversteering pattern (steered → reverted → broken): {html.escape(patterns)}.</p>"
+            + _table(["policy", "strength", "regime", "behaviour shift", "perplexity ×", "distinct-2 ×", "read back"],
+                     rows, [f"regime-{p['regime']}" for p in points])
+            + _image(sweep["directory"] / "behaviour.png", "behaviour vs strength")
+            + _image(sweep["directory"] / "coherence.png", "coherence vs strength")
+        )
+    return _section("steering", "Steering sweep", *parts)
+
+
+def _reproduce(run: Path, facts: dict[str, Any]) -> str:
+    commands = [
+        f"thinklens run --config {run}/run.yaml --out {run}    # everything; finished stages are skipped",
+        f"thinklens run --config {run}/run.yaml --out {run} --from analyze    # redo analyze and what follows",
+        f"thinklens eval {run}", f"thinklens analyze {run}", f"thinklens map {run}",
+        f"thinklens features {run} show FEATURE", f"thinklens features {run} search TEXT",
+    ]
+    commands += [f"thinklens sweep {run} --feature {s['config']['feature']} --strengths "
+                 f"{','.join(f'{x:g}' for x in s['config']['strengths'])} --policy {','.join(s['config']['policies'])}"
+                 for s in facts["sweeps"]]
+    commands.append(f"thinklens report {run}")
+    return _section("reproduce", "Reproduce",
+                    "<p>Every setting that ran is in <code>run.yaml</code> (section <code>config</code>: the options "
+                    "of each stage; <code>stages</code>: what each resolved to).</p>",
+                    "<pre>" + html.escape("\n".join(commands)) + "</pre>")
