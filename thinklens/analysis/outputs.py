@@ -120,9 +120,9 @@ def _shift(sae_dir: Path, activations_dir: Path, db_path: Path, config: ShiftCon
 
 
 def _model_of(traces_dir: Path) -> LoadedModel:
-    """The model that wrote the traces, on CPU in float32 (eager attention wants exact weights, not speed)."""
+    """The model that wrote the traces, placed as it was (`auto`: the GPU when there is one)."""
     identity = TraceStore(traces_dir).meta()["identity"]
-    return load_model(ModelConfig(**{**identity["model"], "device": "cpu", "dtype": "float32"}))
+    return load_model(ModelConfig(**identity["model"]))
 
 
 def _traces_inputs(traces_dir: Path) -> dict[str, Any]:
