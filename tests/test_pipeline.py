@@ -103,16 +103,22 @@ def test_stage_commands_read_their_section_of_the_config(piped_run, tmp_path):
 
 def test_config_errors_are_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("out: x\ncolect: {limit: 3}\n")
+    out = tmp_path / "never-written"
+    bad.write_text(f"out: {out}\ncolect: {{limit: 3}}\n")
     result = _invoke("run", "--config", str(bad))
     assert result.exit_code == 2 and "unknown section(s) colect" in result.output
-    bad.write_text("out: x\ncollect: {limitt: 3}\n")
+    bad.write_text(f"out: {out}\ncollect: {{limitt: 3}}\n")
     result = _invoke("run", "--config", str(bad))
     assert result.exit_code == 2 and "unknown option(s) limitt in section 'collect'" in result.output
     result = _invoke("run", "--config", str(bad), "--from", "nowhere")
     assert result.exit_code == 2
     missing = _invoke("run", "--config", str(tmp_path / "none.yaml"))
     assert missing.exit_code == 2 and "no run config" in missing.output
+    no_layer = tmp_path / "no-layer.yaml"
+    no_layer.write_text(f"out: {out}\n")
+    result = _invoke("run", "--config", str(no_layer))
+    assert result.exit_code == 2 and "stage 'harvest' needs layer" in result.output
+    assert not out.exists()  # bad input writes nothing
 
 
 def test_reference_config_is_current_and_every_shipped_config_is_valid():

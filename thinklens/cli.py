@@ -703,24 +703,25 @@ def run_command(
     if run is None:
         raise ThinklensError("no run directory: pass --out RUN or set `out:` in the config")
     forced = stages_from(from_stage)
-    record_config(run, {**document, "out": str(run)})
     commands = {
         "collect": collect_command, "harvest": harvest_command, "train": train_command, "eval": eval_command,
         "index": index_command, "label": label_command, "analyze": analyze_command, "map": map_command,
         "sweep": sweep_command, "report": report_command,
     }
+    settings = {}  # every section is checked before anything is written
+    for stage in STAGES:
+        parameters = inspect.signature(commands[stage]).parameters
+        settings[stage] = stage_section(document, stage, set(parameters) - {"config_file", "run", "out"}, config or "")
+        missing = [name for name, parameter in parameters.items()
+                   if parameter.default is inspect.Parameter.empty and name not in {"run", "out"} | set(settings[stage])]
+        if missing:
+            raise ThinklensError(f"stage '{stage}' needs {', '.join(missing)}: set it in the config's '{stage}' section")
+    record_config(run, {**document, "out": str(run)})
     for number, stage in enumerate(STAGES, start=1):
         console.rule(f"[bold]{number}/{len(STAGES)} {stage}")
         for removed in remove_artifacts(run, stage) if stage in forced else []:
             console.print(f"--from {from_stage}: removed {removed}")
-        command = commands[stage]
-        parameters = inspect.signature(command).parameters
-        settings = stage_section(document, stage, set(parameters) - {"config_file", "run", "out"}, config or "")
-        missing = [name for name, parameter in parameters.items()
-                   if parameter.default is inspect.Parameter.empty and name not in {"run", "out"} | set(settings)]
-        if missing:
-            raise ThinklensError(f"stage '{stage}' needs {', '.join(missing)}: set it in the config's '{stage}' section")
-        command(**{"out" if stage == "collect" else "run": run}, **settings)
+        commands[stage](**{"out" if stage == "collect" else "run": run}, **settings[stage])
     console.rule("[bold]done")
     for name in ("report.html", "map.html", "features.db"):
         console.print(f"{name}: {Path(run) / name}")
