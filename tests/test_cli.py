@@ -21,6 +21,15 @@ def _invoke(*args: str):
     return runner.invoke(app, list(args), env={"COLUMNS": "200"})
 
 
+def _linked_run(source: Path, tmp_path: Path, *names: str) -> Path:
+    """A fresh run directory whose `names` link to `source`'s (new outputs land beside them)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in names:
+        (run / name).symlink_to(source / name)
+    return run
+
+
 def _error_line(result) -> str:
     """The one error line (transformers' weight-loading bar may come before it, never after)."""
     lines = [line for line in result.output.splitlines() if line.strip() and not line.startswith("Loading weights")]
@@ -180,10 +189,7 @@ def test_train_then_eval_report_fvu_l0_dead_and_lm_loss(tiny_models, tmp_path):
 
 @pytest.mark.integration
 def test_index_and_feature_queries(indexed_run, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ("traces", "activations", "sae"):
-        (run / name).symlink_to(indexed_run / name)
+    run = _linked_run(indexed_run, tmp_path, "traces", "activations", "sae")
     result = _invoke("index", str(run), "--top", "8")
     assert result.exit_code == 0, result.output
     assert "bytes/token" in result.output and (run / "features.db").is_file()
@@ -204,10 +210,7 @@ def test_index_and_feature_queries(indexed_run, tmp_path):
 
 @pytest.mark.integration
 def test_steer_and_sweep_commands(indexed_run, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ("traces", "activations", "sae", "features.db"):
-        (run / name).symlink_to(indexed_run / name)
+    run = _linked_run(indexed_run, tmp_path, "traces", "activations", "sae", "features.db")
     steered = _invoke("steer", str(run), "--feature", "0", "--strength", "50", "--prompt", "What is 2 + 3?",
                       "--max-new-tokens", "8", "--greedy", "--policy", "first_token")
     assert steered.exit_code == 0, steered.output
@@ -224,10 +227,7 @@ def test_steer_and_sweep_commands(indexed_run, tmp_path):
 
 @pytest.mark.integration
 def test_analyze_and_map_commands(indexed_run, tmp_path):
-    run = tmp_path / "run"
-    run.mkdir()
-    for name in ("traces", "activations", "sae", "features.db"):
-        (run / name).symlink_to(indexed_run / name)
+    run = _linked_run(indexed_run, tmp_path, "traces", "activations", "sae", "features.db")
     analyzed = _invoke("analyze", str(run), "--sink-traces", "2", "--bootstrap", "20")
     assert analyzed.exit_code == 0, analyzed.output
     assert "where attention sinks sit" in analyzed.output and "Jensen" in analyzed.output

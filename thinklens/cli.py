@@ -540,8 +540,6 @@ def label_command(
     """Offline heuristic labels (dominant activating tokens + segment) into features.db's autointerp table."""
     from thinklens.features.labels import write_heuristic_labels
 
-    if not features_db(run).is_file():
-        raise ThinklensError(f"no feature database at {features_db(run)}: run `thinklens index {run}` first")
     written, skipped = write_heuristic_labels(features_db(run), force=force)
     if skipped:
         console.print(f"nothing to do: every feature in {features_db(run)} has a label")

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from thinklens.data.segments import SEGMENT_NAMES
+from thinklens.errors import ThinklensError
 
 HEURISTIC_MODEL = "heuristic"
 HEURISTIC_VERSION = "heuristic-v1"
@@ -26,6 +27,8 @@ def write_heuristic_labels(db_path: Path, force: bool = False) -> tuple[int, boo
     Skipped when every such feature already has a label of this version (or any LLM label) and not
     `force`. LLM labels (another model_name) are never overwritten.
     """
+    if not Path(db_path).is_file():  # sqlite3.connect would create an empty file
+        raise ThinklensError(f"no feature database at {db_path}: run `thinklens index {Path(db_path).parent}` first")
     connection = sqlite3.connect(db_path)
     try:
         missing = connection.execute(
