@@ -238,7 +238,7 @@ def harvest_command(
     collected = TraceStore(traces_dir(run)).meta()
     model = None
     if collected is not None and device != "auto":
-        model = ModelConfig(**collected["identity"]["model"], device=device)
+        model = TraceStore(traces_dir(run)).model_config(device=device)
     config = HarvestConfig(
         layers=tuple(layer), dtype=dtype, shard_tokens=shard_tokens, batch_tokens=batch_tokens,
         massive_ratio=massive_ratio, model=model,
@@ -445,8 +445,8 @@ def features_explain_text(
 
     run = context.obj
     sae = load_sae(sae_dir(run))
-    collected = TraceStore(traces_dir(run)).meta()
-    model = ModelConfig(**collected["identity"]["model"]) if collected else ModelConfig(model=sae.config.model or "smollm2")
+    traces = TraceStore(traces_dir(run))
+    model = traces.model_config() if traces.meta() else ModelConfig(model=sae.config.model or "smollm2")
     tokens = explain_text(load_model(model), sae, text, top=top)
     labels = FeatureDB(features_db(run)).labels(sorted({f for token in tokens for f, _ in token.features}))
     for token in tokens:

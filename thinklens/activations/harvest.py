@@ -102,7 +102,7 @@ def harvest(
     trace_meta = traces.meta()
     if trace_meta is None or not traces.parts():
         raise ThinklensError(f"no traces in {traces_dir}: run `thinklens collect --out {Path(traces_dir).parent}` first")
-    model_config = config.model or ModelConfig(**trace_meta["identity"]["model"])
+    model_config = config.model or traces.model_config()
     lengths = traces.read(["sequence_id", "n_tokens"]).to_pydict()
     plan = plan_shards(lengths["sequence_id"], lengths["n_tokens"], config.shard_tokens)
 

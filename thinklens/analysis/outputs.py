@@ -22,7 +22,7 @@ from thinklens.data.traces import TraceStore
 from thinklens.errors import ThinklensError
 from thinklens.features.db import FeatureDB
 from thinklens.files import write_json_atomic
-from thinklens.models.loader import LoadedModel, ModelConfig, load_model
+from thinklens.models.loader import LoadedModel, load_model
 
 OUTPUT_FORMAT_VERSION = 1
 
@@ -121,8 +121,7 @@ def _shift(sae_dir: Path, activations_dir: Path, db_path: Path, config: ShiftCon
 
 def _model_of(traces_dir: Path) -> LoadedModel:
     """The model that wrote the traces, placed as it was (`auto`: the GPU when there is one)."""
-    identity = TraceStore(traces_dir).meta()["identity"]
-    return load_model(ModelConfig(**identity["model"]))
+    return load_model(TraceStore(traces_dir).model_config())
 
 
 def _traces_inputs(traces_dir: Path) -> dict[str, Any]:

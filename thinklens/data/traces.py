@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from thinklens.errors import ThinklensError, refuse_other_identity
 from thinklens.files import atomic_path, remove_stale_temps, write_json_atomic
+from thinklens.models.loader import ModelConfig
 
 TRACES_FORMAT_VERSION = 1
 META_FILE = "_meta.json"  # leading underscore: Parquet dataset readers skip it
@@ -72,6 +73,13 @@ class TraceStore:
         if not self.meta_path.is_file():
             return None
         return json.loads(self.meta_path.read_text())
+
+    def model_config(self, **overrides: Any) -> ModelConfig:
+        """The ModelConfig of the model that wrote these traces, with `overrides` (e.g. device) applied."""
+        meta = self.meta()
+        if meta is None:
+            raise ThinklensError(f"no traces in {self.directory}: run `thinklens collect` first")
+        return ModelConfig(**{**meta["identity"]["model"], **overrides})
 
     def claim(self, identity: dict[str, Any]) -> None:
         """Make the store ours for `identity`, or refuse if it holds another run's traces."""

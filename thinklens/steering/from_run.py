@@ -11,7 +11,7 @@ from thinklens.data.traces import TraceStore
 from thinklens.errors import ThinklensError
 from thinklens.features.db import FeatureDB
 from thinklens.models.formats import make_format
-from thinklens.models.loader import ModelConfig, load_model
+from thinklens.models.loader import load_model
 from thinklens.sae.formats import load_sae
 from thinklens.steering.variant import Variant, typical_max_activations
 
@@ -23,7 +23,7 @@ def open_variant(traces_dir: Path, sae_dir: Path, db_path: Path, features: list[
     if meta is None:
         raise ThinklensError(f"no traces in {traces_dir}: run `thinklens collect` first")
     identity = meta["identity"]
-    loaded = load_model(ModelConfig(**{**identity["model"], "device": device}))
+    loaded = load_model(store.model_config(device=device))
     sae = load_sae(sae_dir)
     format_name = store.read(["format"]).column(0)[0].as_py()
     fmt = make_format(format_name, forced_opening=identity.get("forced_opening"))
