@@ -31,7 +31,7 @@ from thinklens.activations.harvest import (
 )
 from thinklens.data.collect import CollectConfig, GenerationConfig, collect
 from thinklens.data.traces import TraceStore
-from thinklens.models.loader import ModelConfig, load_model
+from thinklens.models.loader import load_model
 
 
 def ensure_traces(run: Path, n_traces: int) -> Path:
@@ -69,7 +69,7 @@ def main() -> None:
 
     traces = ensure_traces(args.run, args.traces)
     config = HarvestConfig(layers=(args.layer,))
-    loaded = load_model(ModelConfig(**TraceStore(traces).meta()["identity"]["model"]))
+    loaded = load_model(TraceStore(traces).model_config())
     lengths = TraceStore(traces).read(["sequence_id", "n_tokens"]).to_pydict()
     plan = plan_shards(lengths["sequence_id"], lengths["n_tokens"], config.shard_tokens)
     pad_id = loaded.tokenizer.pad_token_id or 0

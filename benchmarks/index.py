@@ -21,16 +21,17 @@ from pathlib import Path
 
 import torch
 
-from thinklens.activations.store import ActivationStore
+from thinklens.activations.store import ActivationStore, ShardInfo
 from thinklens.features.build import IndexConfig, build_index
 from thinklens.features.db import FeatureDB
 from thinklens.sae.formats import load_sae
+from thinklens.sae.layer import resolve_sae_layer
 
 
 def encode_only(run: Path, batch_size: int) -> float:
     store = ActivationStore(run / "activations")
     sae = load_sae(run / "sae")
-    layer = sae.config.layer if sae.config.layer in store.layers else store.layers[0]
+    layer = resolve_sae_layer(sae.config.layer, store.layers, sae=f"the SAE in {run / 'sae'}")
     started = time.perf_counter()
     with torch.no_grad():
         for shard in store.shards():
@@ -46,7 +47,6 @@ def replicate_run(run: Path, copies: int, target: Path) -> Path:
     Same data distribution, `copies` times the tokens: measures how `index` scales beyond a store
     that this CPU can collect in minutes, without pretending the copies are new text.
     """
-    import json
     import os
     import shutil
 
@@ -80,8 +80,8 @@ def replicate_run(run: Path, copies: int, target: Path) -> Path:
                            "first_sequence": shard.first_sequence + copy * offset,
                            "last_sequence": shard.last_sequence + copy * offset})
             shard_number, first_row = shard_number + 1, first_row + shard.rows
-    manifest.update(shards=shards, token_count=first_row)
-    (target / "activations" / "manifest.json").write_text(json.dumps(manifest))
+    ActivationStore(target / "activations").write_manifest(
+        manifest.model_copy(update={"shards": [ShardInfo(**shard) for shard in shards], "token_count": first_row}))
     return target
 
 

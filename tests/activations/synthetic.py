@@ -8,7 +8,12 @@ import numpy as np
 import pyarrow as pa
 
 from thinklens.activations.harvest import plan_shards
-from thinklens.activations.store import INDEX_SCHEMA, STORE_FORMAT_VERSION, ActivationStore
+from thinklens.activations.store import (
+    INDEX_SCHEMA,
+    STORE_FORMAT_VERSION,
+    ActivationManifest,
+    ActivationStore,
+)
 
 
 def write_synthetic_store(
@@ -36,10 +41,10 @@ def write_synthetic_store(
         }
         index = pa.Table.from_arrays([pa.array(columns[f.name], type=f.type) for f in INDEX_SCHEMA], schema=INDEX_SCHEMA)
         store.write_shard_files(shard.shard, {layer: array}, index)
-    store.write_manifest({
-        "format_version": STORE_FORMAT_VERSION, "identity": {}, "layers": [layer], "d_model": d_model,
-        "dtype": "float32", "shards": [shard.__dict__ for shard in plan], "complete": True,
-    })
+    store.write_manifest(ActivationManifest(
+        format_version=STORE_FORMAT_VERSION, layers=[layer], d_model=d_model, dtype="float32", shards=plan,
+        token_count=sum(shard.rows for shard in plan), complete=True,
+    ))
     return store
 
 
@@ -65,10 +70,10 @@ def write_store_from_array(directory: Path, data: np.ndarray, tokens_per_sequenc
         }
         index = pa.Table.from_arrays([pa.array(columns[f.name], type=f.type) for f in INDEX_SCHEMA], schema=INDEX_SCHEMA)
         store.write_shard_files(shard.shard, {layer: np.ascontiguousarray(data[rows], dtype=np.float32)}, index)
-    store.write_manifest({
-        "format_version": STORE_FORMAT_VERSION, "identity": {}, "layers": [layer], "d_model": d_model,
-        "dtype": "float32", "shards": [shard.__dict__ for shard in plan], "complete": True,
-    })
+    store.write_manifest(ActivationManifest(
+        format_version=STORE_FORMAT_VERSION, layers=[layer], d_model=d_model, dtype="float32", shards=plan,
+        token_count=sum(shard.rows for shard in plan), complete=True,
+    ))
     return store
 
 

@@ -57,10 +57,13 @@ def test_harvest_rows_equal_single_sequence_forward_passes(tiny_run, tiny_models
     assert result.token_count == store.token_count == sum(trace["n_tokens"] for trace in traces)
     assert len(store.shards()) > 1 and store.is_complete()
     manifest = store.manifest()
-    assert (manifest["d_model"], manifest["dtype"], manifest["layers"]) == (64, "float32", [0, 1])
-    assert manifest["names"] == ["layers.0.resid_post", "layers.1.resid_post"]
-    assert (manifest["chat_format"], manifest["token_count"]) == ("r1", store.token_count)
-    assert manifest["model_fingerprint"] and manifest["arguments"]["shard_tokens"] == 200
+    assert (manifest.d_model, manifest.dtype, manifest.layers) == (64, "float32", [0, 1])
+    assert manifest.names == ["layers.0.resid_post", "layers.1.resid_post"]
+    assert (manifest.chat_format, manifest.token_count) == ("r1", store.token_count)
+    assert manifest.model_fingerprint and manifest.arguments["shard_tokens"] == 200
+    assert store.model_config() == TraceStore(tiny_run / "traces").model_config()
+    # A fresh store object reads the same manifest back from disk.
+    assert ActivationStore(tmp_path / "activations").manifest() == manifest
 
     index = store.index().to_pydict()
     assert index["row"] == list(range(store.token_count))
@@ -106,6 +109,14 @@ def test_bfloat16_storage_round_trips(tiny_run, tmp_path):
     high = fp32.read_rows(1, fp32.shards()[0], slice(0, 50))
     assert low.dtype == torch.bfloat16
     torch.testing.assert_close(low, high.to(torch.bfloat16))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_an_unavailable_device_is_refused_before_anything_is_written(tiny_run, tmp_path):
+    with pytest.raises(ThinklensError, match="device 'cuda' asked but CUDA is not available here"):
+        harvest(HarvestConfig(layers=(1,), device="cuda"), tiny_run / "traces", tmp_path / "activations",
+                show_progress=False)
+    assert not (tmp_path / "activations").exists()
 
 
 def test_missing_traces_name_the_command(tmp_path):

@@ -21,7 +21,7 @@ from thinklens.analysis.sinks import PLACES, SinkConfig, analyze_sinks, received
 from thinklens.data.segments import SEGMENT_NAMES
 from thinklens.data.traces import TraceStore
 from thinklens.features.db import FeatureDB
-from thinklens.models.loader import ModelConfig, load_model
+from thinklens.models.loader import load_model
 from thinklens.sae.formats import load_sae
 
 
@@ -63,8 +63,7 @@ def test_prefix_statistics_count_every_trace(indexed_run):
 
 @pytest.mark.integration
 def test_sinks_cover_every_position_and_stay_in_range(indexed_run):
-    identity = TraceStore(indexed_run / "traces").meta()["identity"]
-    loaded = load_model(ModelConfig(**{**identity["model"], "device": "cpu"}))
+    loaded = load_model(TraceStore(indexed_run / "traces").model_config(device="cpu"))
     report = analyze_sinks(loaded, indexed_run / "traces", SinkConfig(traces=4, window=6), show_progress=False)
     rows = sorted(TraceStore(indexed_run / "traces").read().to_pylist(),
                   key=lambda r: (not r["prefix_matched"], r["sequence_id"]))[:4]
@@ -95,6 +94,26 @@ def test_segment_shift_counts_agree_with_the_feature_database(indexed_run):
     for segment, features in report.enriched.items():
         assert segment in report.segments
         assert all(f.rate >= f.rate_elsewhere for f in features[:1])
+
+
+@pytest.mark.integration
+def test_segment_shift_reads_the_sae_layer_or_the_indexed_one(indexed_run, tmp_path):
+    from thinklens.errors import ThinklensError
+    from thinklens.sae.formats import save_sae
+
+    run, config = indexed_run, ShiftConfig(bootstrap=20, min_segment_tokens=1)
+    with pytest.raises(ThinklensError, match="reads layer 1 but layer 0 was asked"):
+        segment_shift(run / "sae", run / "activations", run / "features.db", config.model_copy(update={"layer": 0}),
+                      show_progress=False)
+    foreign = tmp_path / "foreign"
+    sae = load_sae(run / "sae")
+    sae.config = sae.config.model_copy(update={"layer": None})
+    save_sae(sae, foreign)
+    # No layer in the SAE: the one the database was indexed on (recorded by index) is used.
+    report, rates = segment_shift(foreign, run / "activations", run / "features.db", config, show_progress=False,
+                                  device="cpu")
+    own, own_rates = segment_shift(run / "sae", run / "activations", run / "features.db", config, show_progress=False)
+    assert report.tokens == own.tokens and np.array_equal(rates, own_rates)
 
 
 @pytest.fixture(scope="module")

@@ -161,3 +161,33 @@ def test_store_all_keeps_every_nonzero_activation(indexed_run, tmp_path):
     stored = sqlite3.connect(tmp_path / "all.db").execute("SELECT count(*), sum(strength) FROM activations").fetchone()
     assert stored[0] == (codes > 0).sum() and result.indexed_tokens == len(codes)
     assert stored[1] == pytest.approx(codes.sum(), rel=1e-4)
+
+
+def test_an_sae_saved_without_a_layer_is_indexed_only_on_the_layer_given(indexed_run, tmp_path):
+    from thinklens.errors import ThinklensError
+    from thinklens.features.build import IndexConfig, build_index
+    from thinklens.sae.formats import save_sae
+
+    run = indexed_run
+    foreign = tmp_path / "foreign"
+    sae = load_sae(run / "sae")
+    sae.config = sae.config.model_copy(update={"layer": None})  # as a foreign file of the same width arrives
+    save_sae(sae, foreign)
+    settings = {"top": 8, "quantile_samples": 4, "batch_size": 256}  # the fixture's
+    with pytest.raises(ThinklensError, match=r"names no layer: pass --layer L \(layers in the activations in .*: 1\)$"):
+        build_index(IndexConfig(**settings), foreign, run / "activations", run / "traces", tmp_path / "none.db",
+                    show_progress=False)
+    with pytest.raises(ThinklensError, match=r"layer 0 is not in the activations in .* \(layers there: 1\)"):
+        build_index(IndexConfig(**settings, layer=0), foreign, run / "activations", run / "traces",
+                    tmp_path / "zero.db", show_progress=False)
+    with pytest.raises(ThinklensError, match="reads layer 1 but layer 0 was asked"):
+        build_index(IndexConfig(**settings, layer=0), run / "sae", run / "activations", run / "traces",
+                    tmp_path / "contradicts.db", show_progress=False)
+    assert not list(tmp_path.glob("*.db"))  # refused before anything was written
+
+    build_index(IndexConfig(**settings, layer=1, device="cpu"), foreign, run / "activations", run / "traces",
+                tmp_path / "given.db", show_progress=False)
+    given, own = FeatureDB(tmp_path / "given.db"), FeatureDB(run / "features.db")
+    assert given.meta()["layer"] == 1 and given.meta()["hook_name"] == "layers.1.resid_post"
+    query = "SELECT * FROM features ORDER BY feature_id"
+    assert given.connection.execute(query).fetchall() == own.connection.execute(query).fetchall()

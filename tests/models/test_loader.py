@@ -56,6 +56,21 @@ def test_auto_device_and_dtype():
     assert resolve_dtype("float16", torch.device("cpu")) == torch.float16
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_a_cuda_device_without_cuda_names_the_fix(device):
+    with pytest.raises(ThinklensError) as error:
+        resolve_device(device)
+    assert str(error.value) == f"device '{device}' asked but CUDA is not available here: use --device cpu or auto"
+
+
+def test_unknown_devices_name_the_accepted_ones():
+    assert resolve_device("cpu") == torch.device("cpu")
+    for device in ("gpu", "cuda:x"):
+        with pytest.raises(ThinklensError, match=f"unknown device '{device}': use auto, cpu, cuda or cuda:N"):
+            resolve_device(device)
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_family_loads_and_exposes_its_blocks(tiny_models, family):

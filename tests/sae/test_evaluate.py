@@ -1,11 +1,20 @@
-"""Evaluation arithmetic: FVU, L0, dead and dense fractions from streamed batches."""
+"""Evaluation: FVU, L0, dead and dense fractions from streamed batches; the training window; the SAE's layer."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from thinklens.sae.evaluate import _Accumulator
+from thinklens.errors import ThinklensError
+from thinklens.sae.evaluate import (
+    EvalConfig,
+    EvalReport,
+    SegmentMetrics,
+    _Accumulator,
+    evaluate,
+    training_dead_fraction,
+)
+from thinklens.sae.formats import load_sae, sae_metadata, save_sae
 from thinklens.sae.sae import SaeOutput, SparseCodes
 
 
@@ -27,3 +36,47 @@ def test_fvu_l0_dead_dense_worked_example():
     assert metrics.fvu == pytest.approx(15 / 14)
     assert metrics.l0 == pytest.approx(4 / 3)
     assert (metrics.dead_fraction, metrics.dense_fraction) == (0.5, 0.25)
+
+
+def test_training_dead_fraction_worked_examples():
+    # Recorded by train: taken as it is.
+    assert training_dead_fraction({"dead_features": {"fraction": 0.02, "window_tokens": 50_000}}) == (0.02, 50_000)
+    # Trained before the record: 400 steps × 512 tokens = 204,800 > the 50,000-token window, so the last
+    # step's dead fraction is the one over the training window.
+    old = {"training": {"dead_after_tokens": 50_000, "batch_size": 512}, "steps": 400, "final": {"dead_fraction": 0.01}}
+    assert training_dead_fraction(old) == (0.01, 50_000)
+    # 60 steps × 512 = 30,720 tokens never filled the window: that figure was 0 by construction.
+    assert training_dead_fraction({**old, "steps": 60}) == (None, None)
+    assert training_dead_fraction({}) == (None, None)  # a foreign SAE
+
+
+def test_report_dict_keeps_its_keys_and_adds_the_training_window():
+    metrics = SegmentMetrics(tokens=2364, fvu=0.2, l0=30.0, dead_fraction=0.23, dense_fraction=0.0)
+    report = EvalReport(overall=metrics, segments={"thinking": metrics}, dead_fraction_training=0.0,
+                        dead_window_tokens=50_000)
+    document = report.as_dict()
+    assert {"overall", "segments", "lm"} <= set(document)
+    assert document["overall"]["tokens"] == 2364 and document["overall"]["dead_fraction"] == 0.23
+    assert (document["dead_fraction_training"], document["dead_window_tokens"]) == (0.0, 50_000)
+
+
+@pytest.mark.integration
+def test_evaluate_a_foreign_sae_needs_its_layer_and_reports_both_dead_fractions(indexed_run, tmp_path):
+    run = indexed_run
+    report = evaluate(run / "sae", run / "activations", run / "traces", EvalConfig(lm_sequences=0, device="cpu"))
+    steps = sae_metadata(run / "sae")["steps"]
+    # The fixture trains 128-token batches for fewer tokens than the 50,000-token window: the window is
+    # the whole run, and "dead" there means never fired in training.
+    assert report.dead_window_tokens == steps * 128 < 50_000
+    assert 0 <= report.dead_fraction_training <= 1 and report.overall.tokens > 0
+    foreign = tmp_path / "foreign"
+    sae = load_sae(run / "sae")
+    sae.config = sae.config.model_copy(update={"layer": None})
+    save_sae(sae, foreign)
+    with pytest.raises(ThinklensError, match=r"the SAE in .*foreign names no layer: pass --layer L \(layers in the activations in .*: 1\)"):
+        evaluate(foreign, run / "activations", run / "traces", EvalConfig(lm_sequences=0))
+    with pytest.raises(ThinklensError, match="reads layer 1 but layer 0 was asked"):
+        evaluate(run / "sae", run / "activations", run / "traces", EvalConfig(lm_sequences=0, layer=0))
+    given = evaluate(foreign, run / "activations", run / "traces", EvalConfig(lm_sequences=0, layer=1))
+    assert given.overall == report.overall  # the same weights on the same layer
+    assert given.dead_fraction_training is None  # saved without training metadata

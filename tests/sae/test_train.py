@@ -13,7 +13,7 @@ import torch
 
 from tests.activations.synthetic import sparse_mixture, write_store_from_array
 from thinklens.errors import ThinklensError
-from thinklens.sae.formats import load_sae
+from thinklens.sae.formats import load_sae, sae_metadata
 from thinklens.sae.train import CHECKPOINT_FILE, LOG_FILE, TrainConfig, train
 
 
@@ -46,6 +46,49 @@ def test_training_recovers_a_planted_sparse_code(planted, tmp_path, arch, max_fv
 def test_too_little_data_names_the_fix(planted, tmp_path):
     with pytest.raises(ThinklensError, match="fewer than one batch"):
         train(TrainConfig(batch_size=1_000_000), planted / "activations", tmp_path / "sae", show_progress=False)
+
+
+def test_a_layer_the_store_lacks_is_refused_before_anything_is_written(planted, tmp_path):
+    with pytest.raises(ThinklensError, match=r"layer 3 is not in the activations in .* \(layers there: 0\)"):
+        train(TrainConfig(layer=3), planted / "activations", tmp_path / "sae", show_progress=False)
+    assert not (tmp_path / "sae").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_an_unavailable_device_is_refused_before_anything_is_written(planted, tmp_path):
+    with pytest.raises(ThinklensError, match="device 'cuda' asked but CUDA is not available here: use --device cpu"):
+        train(TrainConfig(device="cuda"), planted / "activations", tmp_path / "sae", show_progress=False)
+    assert not (tmp_path / "sae").exists()
+
+
+def test_bf16_autocast_learns_with_float32_weights_and_records_the_dead_window(planted, tmp_path):
+    """The autocast path CUDA takes by default, run here on the CPU (dtype=bfloat16)."""
+    config = TrainConfig(arch="batchtopk_tied", expansion=4, k=3, batch_size=512, epochs=3, lr=3e-3, warmup_steps=10,
+                         buffer_tokens=8192, dead_after_tokens=5000, init_tokens=4096, holdout_fraction=0.1,
+                         dtype="bfloat16")
+    result = train(config, planted / "activations", tmp_path / "sae", show_progress=False)
+    assert result.final["fvu"] < 0.3, result.final
+    sae = load_sae(tmp_path / "sae")
+    assert {tensor.dtype for tensor in sae.state_dict().values()} == {torch.float32}
+    metadata = sae_metadata(tmp_path / "sae")
+    # Trained on far more than the 5,000-token window: the record is the training rule's own figure.
+    assert metadata["dead_features"] == {"fraction": result.final["dead_fraction"], "window_tokens": 5000}
+    assert "device" not in metadata["training"] and metadata["training"]["dtype"] == "bfloat16"
+    # The same settings on another device are the same SAE: nothing to do.
+    again = train(config.model_copy(update={"device": "cpu"}), planted / "activations", tmp_path / "sae",
+                  show_progress=False)
+    assert again.skipped
+
+
+def test_an_sae_trained_before_dtype_existed_is_still_up_to_date(planted, tmp_path):
+    config = TrainConfig(arch="topk", expansion=2, k=3, batch_size=512, epochs=1, min_steps=0, buffer_tokens=8192,
+                         init_tokens=2048)
+    train(config, planted / "activations", tmp_path / "sae", show_progress=False)
+    cfg_path = tmp_path / "sae" / "cfg.json"
+    cfg = json.loads(cfg_path.read_text())
+    del cfg["thinklens"]["training"]["dtype"]  # what an older thinklens recorded: no dtype (and no device)
+    cfg_path.write_text(json.dumps(cfg))
+    assert train(config, planted / "activations", tmp_path / "sae", show_progress=False).skipped
 
 
 @pytest.mark.slow

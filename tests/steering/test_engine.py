@@ -134,3 +134,17 @@ def test_bad_specs_are_refused(variant_parts):
     spec = SteeringSpec(edits=(FeatureEdit(feature=1, strength=1.0),))
     with pytest.raises(ThinklensError, match="never fired"):
         SteeringHook(spec, sae, 1, {}, loaded.tokenizer, make_format("r1"), PrefixConfig(), [[1]])
+
+
+def test_the_steering_layer_follows_the_one_rule(variant_parts):
+    loaded, sae, typical = variant_parts  # a 2-layer model; the SAE reads layer 1
+    assert Variant(loaded, sae, typical, fmt=make_format("r1")).layer == 1
+    assert Variant(loaded, sae, typical, fmt=make_format("r1"), layer=1).layer == 1
+    with pytest.raises(ThinklensError, match="reads layer 1 but layer 0 was asked"):
+        Variant(loaded, sae, typical, fmt=make_format("r1"), layer=0)
+    unnamed = Sae(sae.config.model_copy(update={"layer": None}))
+    assert Variant(loaded, unnamed, typical, fmt=make_format("r1"), layer=1).layer == 1
+    variant = Variant(loaded, unnamed, typical, fmt=make_format("r1"))
+    variant.generate(PROMPTS[:1], 2, Sampling(greedy=True))  # unsteered generation needs no layer
+    with pytest.raises(ThinklensError, match=r"names no layer: pass layer= to Variant.* \(layers in the model .*: 0, 1\)"):
+        variant.set(feature=3, strength=1.0).generate(PROMPTS[:1], 2, Sampling(greedy=True))

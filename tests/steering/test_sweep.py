@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from thinklens.steering.sweep import PointSummary, SweepConfig, oversteering_pattern, summarise
+from thinklens.steering.regimes import PointSummary, RegimeThresholds, oversteering_pattern, summarise
+from thinklens.steering.sweep import SweepConfig
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +27,7 @@ def test_regimes_follow_the_documented_rule_worked_example():
     rows = _rows("after_prefix", 0.0, 1.0, 5.0) + _rows("after_prefix", 1.0, 1.05, 5.0) + \
         _rows("after_prefix", 4.0, 2.0, 6.0) + _rows("after_prefix", 16.0, 1.02, 6.0) + \
         _rows("after_prefix", 64.0, 1.0, 20.0)
-    points = summarise(rows, SweepConfig(feature=0, policies=("after_prefix",)))
+    points = summarise(rows, ("after_prefix",), RegimeThresholds())
     assert [(p.strength, p.regime) for p in points] == [
         (0.0, "unchanged"), (1.0, "unchanged"), (4.0, "steered"), (16.0, "reverted"), (64.0, "broken")]
     assert points[2].shift == pytest.approx(10.0)

@@ -25,6 +25,7 @@ from thinklens.activations.capture import run_to_layers
 from thinklens.activations.store import (
     INDEX_SCHEMA,
     STORE_FORMAT_VERSION,
+    ActivationManifest,
     ActivationStore,
     ShardInfo,
     to_storage,
@@ -33,7 +34,7 @@ from thinklens.data.segments import PROMPT, Segments, token_char_spans
 from thinklens.data.traces import TraceStore
 from thinklens.errors import ThinklensError, refuse_other_identity
 from thinklens.models.layers import d_model, resolve_layer
-from thinklens.models.loader import LoadedModel, ModelConfig, load_model
+from thinklens.models.loader import LoadedModel, ModelConfig, load_model, resolve_device
 from thinklens.progress import progress_bar
 
 _TRACE_COLUMNS = [
@@ -59,6 +60,11 @@ class HarvestConfig(BaseModel):
         default=5.0, gt=1, description="A token is flagged massive when its norm exceeds this × its sequence's median."
     )
     model: ModelConfig | None = Field(default=None, description="Model override; default: the model of the traces.")
+    device: str | None = Field(
+        default=None,
+        description="Where the model runs: 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...; "
+        "default: where the traces' model ran.",
+    )
 
 
 @dataclass
@@ -98,11 +104,13 @@ def harvest(
 ) -> HarvestResult:
     """Capture `config.layers` for every trace in `traces_dir` into `activations_dir` (resumable)."""
     started = time.perf_counter()
+    if config.device is not None:
+        resolve_device(config.device)  # a device this machine lacks fails before anything is written
     traces = TraceStore(traces_dir)
     trace_meta = traces.meta()
     if trace_meta is None or not traces.parts():
         raise ThinklensError(f"no traces in {traces_dir}: run `thinklens collect --out {Path(traces_dir).parent}` first")
-    model_config = config.model or traces.model_config()
+    model_config = _model_config(config, traces)
     lengths = traces.read(["sequence_id", "n_tokens"]).to_pydict()
     plan = plan_shards(lengths["sequence_id"], lengths["n_tokens"], config.shard_tokens)
 
@@ -133,7 +141,7 @@ def harvest(
         bar.advance(sum(shard.rows for shard in done))
         pending: Future[None] | None = None
         for shard in todo:
-            arrays, index = _compute_shard(shard, traces_dir, loaded, layers, config, manifest["dtype"], special_ids)
+            arrays, index = _compute_shard(shard, traces_dir, loaded, layers, config, manifest.dtype, special_ids)
             if pending is not None:
                 pending.result()  # at most one shard waits on disk while the next one computes
             pending = writer.submit(_commit_shard, store, manifest, shard, arrays, index)
@@ -141,10 +149,18 @@ def harvest(
             bar.advance(shard.rows, tokens=shard.rows)
         if pending is not None:
             pending.result()
-    manifest["complete"] = True
+    manifest.complete = True
     store.write_manifest(manifest)
     seconds = time.perf_counter() - started
     return HarvestResult(store.directory, len(todo), len(plan) - len(todo), written, store.token_count, seconds)
+
+
+def _model_config(config: HarvestConfig, traces: TraceStore) -> ModelConfig:
+    """The model to run: the override or the traces' own, placed on `config.device` when one is set."""
+    placement = {} if config.device is None else {"device": config.device}
+    if config.model is not None:
+        return config.model.model_copy(update=placement)
+    return traces.model_config(**placement)
 
 
 def _claim(store: ActivationStore, identity: dict[str, Any], plan: list[ShardInfo]) -> list[ShardInfo]:
@@ -154,7 +170,7 @@ def _claim(store: ActivationStore, identity: dict[str, Any], plan: list[ShardInf
             raise ThinklensError(f"{store.directory} is not empty and has no manifest: use another run or remove it")
         return []
     manifest = store.manifest()
-    refuse_other_identity(store.directory, manifest.get("identity", {}), identity, "activations of another harvest",
+    refuse_other_identity(store.directory, manifest.identity, identity, "activations of another harvest",
                           f"remove {store.directory} or harvest into another run")
     done = store.shards()
     if done != plan[: len(done)]:
@@ -170,36 +186,37 @@ def _manifest(
     config: HarvestConfig,
     chat_format: str,
     done: list[ShardInfo],
-) -> dict[str, Any]:
+) -> ActivationManifest:
     model_dtype = str(loaded.model.dtype).removeprefix("torch.")
-    manifest = {
-        "format_version": STORE_FORMAT_VERSION,
-        "identity": identity,
-        "model": loaded.spec.location if loaded.spec.kind == "hub" else loaded.config.model,
-        "model_fingerprint": loaded.fingerprint,
-        "revision": loaded.config.revision,
-        "layers": identity["layers"],
-        "names": [f"layers.{layer}.resid_post" for layer in identity["layers"]],
-        "d_model": d_model(loaded.model),
-        "dtype": model_dtype if config.dtype == "auto" else config.dtype,
-        "chat_format": chat_format,
-        "arguments": config.model_dump(mode="json"),
-        "shards": [shard.__dict__ for shard in done],
-        "token_count": sum(shard.rows for shard in done),
-        "complete": False,
-    }
+    manifest = ActivationManifest(
+        format_version=STORE_FORMAT_VERSION,
+        identity=identity,
+        model=loaded.spec.location if loaded.spec.kind == "hub" else loaded.config.model,
+        model_fingerprint=loaded.fingerprint,
+        revision=loaded.config.revision,
+        layers=identity["layers"],
+        names=[f"layers.{layer}.resid_post" for layer in identity["layers"]],
+        d_model=d_model(loaded.model),
+        dtype=model_dtype if config.dtype == "auto" else config.dtype,
+        chat_format=chat_format,
+        arguments=config.model_dump(mode="json"),
+        shards=list(done),
+        token_count=sum(shard.rows for shard in done),
+        complete=False,
+    )
     store.directory.mkdir(parents=True, exist_ok=True)
     store.write_manifest(manifest)
     return manifest
 
 
 def _commit_shard(
-    store: ActivationStore, manifest: dict[str, Any], shard: ShardInfo, arrays: dict[int, np.ndarray], index: pa.Table
+    store: ActivationStore, manifest: ActivationManifest, shard: ShardInfo, arrays: dict[int, np.ndarray],
+    index: pa.Table,
 ) -> None:
     """Runs on the writer thread: shard files first, then the manifest that makes them count."""
     store.write_shard_files(shard.shard, arrays, index)
-    manifest["shards"].append(shard.__dict__)
-    manifest["token_count"] += shard.rows
+    manifest.shards.append(shard)
+    manifest.token_count += shard.rows
     store.write_manifest(manifest)
 
 

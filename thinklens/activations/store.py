@@ -1,6 +1,7 @@
 """The activation store: `RUN/activations/`, fixed-capacity shards that can be memory-mapped.
 
     manifest.json                         what was harvested, how, and which shards are complete
+                                          (an `ActivationManifest`)
     index/part-00000.parquet              one row per token of shard 0 (see INDEX_SCHEMA)
     layers.15.resid_post/shard-00000.bin  shard 0 of layer 15: raw (rows, d_model) array, C order
 
@@ -23,9 +24,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from thinklens.errors import ThinklensError
 from thinklens.files import atomic_path, remove_stale_temps, write_json_atomic
+from thinklens.models.loader import ModelConfig
 
 STORE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -74,11 +77,45 @@ class ShardInfo:
     last_sequence: int
 
 
+class ActivationManifest(BaseModel):
+    """`manifest.json`: what was harvested (layers, width, dtype, model), how, and which shards count."""
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())  # unknown keys are kept, not dropped
+
+    format_version: int = Field(default=STORE_FORMAT_VERSION, description="Version of the store layout.")
+    identity: dict[str, Any] = Field(
+        default_factory=dict, description="What a resumed harvest must match: model, layers, dtype, ..., traces."
+    )
+    model: str | None = Field(default=None, description="The model harvested (hub id, or the spec given).")
+    model_fingerprint: str | None = Field(default=None, description="Hash or revision of that model's weights.")
+    revision: str | None = Field(default=None, description="Hub revision of the model.")
+    layers: list[int] = Field(description="Harvested layers, ascending.")
+    names: list[str] = Field(default_factory=list, description="Activation names, e.g. layers.15.resid_post.")
+    d_model: int = Field(gt=0, description="Width of every stored row.")
+    dtype: str = Field(description="Storage dtype: float32, float16 or bfloat16.")
+    chat_format: str | None = Field(default=None, description="Reasoning format of the traces.")
+    arguments: dict[str, Any] = Field(default_factory=dict, description="The HarvestConfig that ran.")
+    shards: list[ShardInfo] = Field(default_factory=list, description="Completed shards, in order.")
+    token_count: int = Field(default=0, ge=0, description="Rows in the completed shards.")
+    complete: bool = Field(default=False, description="Every planned shard is written.")
+
+    def traces_model_config(self, **overrides: Any) -> ModelConfig:
+        """The ModelConfig of the model that wrote the harvested traces, with `overrides` (e.g. device) applied."""
+        model = self.identity.get("traces", {}).get("model")
+        if model is None:
+            raise ThinklensError("these activations do not record the model of their traces: re-harvest them")
+        return ModelConfig(**{**model, **overrides})
+
+
 class ActivationStore:
-    """Read access to a harvested store, and the primitives the harvester writes with."""
+    """Read access to a harvested store, and the primitives the harvester writes with.
+
+    The manifest is read once per store object (and replaced when this object writes one).
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
+        self._manifest: ActivationManifest | None = None
 
     # ------------------------------------------------------------------ manifest
     @property
@@ -86,43 +123,73 @@ class ActivationStore:
         return self.directory / MANIFEST
 
     def exists(self) -> bool:
-        return self.manifest_path.is_file()
+        return self._manifest is not None or self.manifest_path.is_file()
 
-    def manifest(self) -> dict[str, Any]:
-        if not self.exists():
+    def manifest(self) -> ActivationManifest:
+        if self._manifest is None:
+            self._manifest = self._read_manifest()
+        return self._manifest
+
+    def _read_manifest(self) -> ActivationManifest:
+        if not self.manifest_path.is_file():
             raise ThinklensError(
                 f"no activation store in {self.directory}: run `thinklens harvest {self.directory.parent} --layer L` first"
             )
-        manifest = json.loads(self.manifest_path.read_text())
-        if manifest.get("format_version", 0) > STORE_FORMAT_VERSION:
+        try:
+            raw = json.loads(self.manifest_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ThinklensError(f"{self.manifest_path} is corrupt ({exc}): {self._fix}") from exc
+        if not isinstance(raw, dict):
+            raise ThinklensError(f"{self.manifest_path} is corrupt (not a JSON object): {self._fix}")
+        if raw.get("format_version", 0) > STORE_FORMAT_VERSION:
             raise ThinklensError(f"{self.directory} was written by a newer thinklens: upgrade thinklens to read it")
-        return manifest
+        try:
+            return ActivationManifest.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise ThinklensError(f"{self.manifest_path} is corrupt ({where}: {first['msg']}): {self._fix}") from None
 
-    def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_json_atomic(self.manifest_path, manifest)
+    @property
+    def _fix(self) -> str:
+        return f"remove {self.directory} and harvest again"
+
+    def write_manifest(self, manifest: ActivationManifest) -> None:
+        write_json_atomic(self.manifest_path, manifest.model_dump(mode="json"))
+        self._manifest = manifest
+
+    def model_config(self, **overrides: Any) -> ModelConfig:
+        """The ModelConfig of the model that wrote the harvested traces (as `TraceStore.model_config`)."""
+        try:
+            return self.manifest().traces_model_config(**overrides)
+        except ThinklensError:
+            raise ThinklensError(
+                f"the activations in {self.directory} do not record the model of their traces: "
+                f"harvest them again with `thinklens harvest`"
+            ) from None
 
     @property
     def layers(self) -> list[int]:
-        return list(self.manifest()["layers"])
+        return list(self.manifest().layers)
 
     @property
     def d_model(self) -> int:
-        return int(self.manifest()["d_model"])
+        return self.manifest().d_model
 
     @property
     def dtype(self) -> str:
-        return str(self.manifest()["dtype"])
+        return self.manifest().dtype
 
     def shards(self) -> list[ShardInfo]:
         """Completed shards, in order."""
-        return [ShardInfo(**entry) for entry in self.manifest()["shards"]]
+        return list(self.manifest().shards)
 
     @property
     def token_count(self) -> int:
         return sum(shard.rows for shard in self.shards())
 
     def is_complete(self) -> bool:
-        return self.exists() and bool(self.manifest().get("complete"))
+        return self.exists() and self.manifest().complete
 
     # ------------------------------------------------------------------ files
     def shard_path(self, layer: int, shard: int) -> Path:

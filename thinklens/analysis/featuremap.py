@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from thinklens.analysis.figures import pyplot, save_figure
 from thinklens.data.segments import SEGMENT_NAMES
 from thinklens.errors import ThinklensError
 from thinklens.features.db import FeatureDB
+from thinklens.figures import pyplot, save_figure
 from thinklens.sae.formats import load_sae
 
 SEGMENT_COLOURS = {"prompt": "#4c72b0", "prefix": "#dd8452", "thinking": "#55a868", "answer": "#c44e52"}

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from thinklens.analysis.figures import pyplot, save_figure
 from thinklens.data.traces import TraceStore
 from thinklens.errors import ThinklensError
+from thinklens.figures import pyplot, save_figure
 from thinklens.models.formats import make_format
 
 OKAY_OPENING = "Okay,"

@@ -23,11 +23,13 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from thinklens.activations.store import ActivationStore
-from thinklens.analysis.figures import pyplot, save_figure
 from thinklens.data.segments import SEGMENT_NAMES
 from thinklens.features.db import FeatureDB
+from thinklens.figures import pyplot, save_figure
+from thinklens.models.loader import resolve_device
 from thinklens.progress import progress_bar
 from thinklens.sae.formats import check_width, load_sae
+from thinklens.sae.layer import resolve_sae_layer
 from thinklens.sae.sae import Sae
 
 
@@ -46,6 +48,10 @@ class ShiftConfig(BaseModel):
     examples: int = Field(default=3, ge=0, description="Top examples shown per listed feature.")
     batch_size: int = Field(default=4096, ge=1, description="Tokens encoded at once.")
     seed: int = Field(default=0, description="Seed of the bootstrap.")
+    layer: int | None = Field(
+        default=None, description="Layer the SAE reads; only needed for an SAE that names none and was indexed "
+        "without a recorded layer (it may not contradict the SAE's own)."
+    )
 
 
 @dataclass
@@ -88,12 +94,22 @@ class ShiftReport:
 
 @torch.inference_mode()
 def segment_shift(sae_dir: Path, activations_dir: Path, db_path: Path, config: ShiftConfig,
-                  show_progress: bool = True) -> tuple[ShiftReport, np.ndarray]:
-    """Measure the segment shift; also returns the per-segment firing rates, shape (segments, d_sae)."""
-    sae = load_sae(sae_dir)
+                  show_progress: bool = True, device: str = "auto") -> tuple[ShiftReport, np.ndarray]:
+    """Measure the segment shift; also returns the per-segment firing rates, shape (segments, d_sae).
+
+    The SAE encodes on `device`; its layer is its own, else `config.layer`, else the layer the
+    feature database was indexed on.
+    """
+    placed = resolve_device(device)
+    sae = load_sae(sae_dir).to(placed)
     store = ActivationStore(activations_dir)
     check_width(sae, store.d_model, f"the activations in {activations_dir}")
-    layer = sae.config.layer if sae.config.layer in store.layers else store.layers[0]
+    override = config.layer
+    if override is None and sae.config.layer is None:
+        with FeatureDB(db_path) as db:
+            override = db.meta().get("layer")  # what index resolved for this SAE
+    layer = resolve_sae_layer(sae.config.layer, store.layers, override, sae=f"the SAE in {sae_dir}",
+                              holder=f"the activations in {activations_dir}")
     counts, tokens = _count_firings(sae, store, layer, config, show_progress)  # (G, S, F), (G, S)
     segment_counts, segment_tokens = counts.sum(axis=0), tokens.sum(axis=0)  # (S, F), (S,)
     present = [s for s in range(len(SEGMENT_NAMES))
@@ -128,11 +144,11 @@ def _count_firings(sae: Sae, store: ActivationStore, layer: int, config: ShiftCo
                 if len(rows) == 0:
                     continue
                 x = store.read_rows(layer, shard, slice(start, stop)).float()[torch.from_numpy(rows)]
-                codes = sae.encode(x, batch_dependent=False)
+                codes = sae.encode(x.to(sae.device), batch_dependent=False)
                 active = codes.values > 0
                 row_cells = torch.from_numpy(cell[start:stop][rows])  # (n,) group × segment of each kept row
                 tokens += torch.bincount(row_cells, minlength=tokens.numel())
-                flat = row_cells[codes.rows[active]] * d_sae + codes.features[active]
+                flat = row_cells[codes.rows[active].cpu()] * d_sae + codes.features[active].cpu()
                 counts += torch.bincount(flat, minlength=counts.numel())
     return (counts.view(config.groups, n_segments, d_sae).numpy(),
             tokens.view(config.groups, n_segments).numpy())

@@ -28,10 +28,10 @@ from torch import nn
 
 from thinklens.activations.capture import capture_resid_post
 from thinklens.activations.harvest import special_mask
-from thinklens.analysis.figures import pyplot, save_figure
 from thinklens.data.segments import PREFIX, PROMPT, THINKING, Segments
 from thinklens.data.traces import TraceStore
 from thinklens.errors import ThinklensError
+from thinklens.figures import pyplot, save_figure
 from thinklens.models.layers import decoder_blocks
 from thinklens.models.loader import LoadedModel
 from thinklens.progress import progress_bar

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from thinklens.activations.store import ActivationStore
+from thinklens.activations.store import ActivationManifest, ActivationStore
 from thinklens.data.segments import SEGMENT_NAMES
 from thinklens.data.traces import TraceStore
 from thinklens.features.db import FeatureDB
@@ -31,9 +31,10 @@ from thinklens.features.labels import HEURISTIC_MODEL, HEURISTIC_VERSION, heuris
 from thinklens.features.schema import migrate
 from thinklens.features.topk import TopPerFeature
 from thinklens.files import atomic_path
-from thinklens.models.loader import ModelConfig, load_model
+from thinklens.models.loader import load_model, resolve_device
 from thinklens.progress import progress_bar
 from thinklens.sae.formats import WEIGHTS_FILE, check_width, load_sae
+from thinklens.sae.layer import resolve_sae_layer
 from thinklens.sae.sae import Sae
 
 DB_FORMAT_VERSION = 1
@@ -53,6 +54,16 @@ class IndexConfig(BaseModel):
     include_massive: bool = Field(default=False, description="Index massive-activation tokens too.")
     logit_tokens: int = Field(default=10, ge=1, description="Top and bottom logit-lens tokens kept per feature.")
     seed: int = Field(default=0, description="Seed of the quantile sampling.")
+    layer: int | None = Field(
+        default=None, description="Layer the SAE reads; only needed for an SAE that names none (it may not contradict it)."
+    )
+    device: str = Field(
+        default="auto", description="Where the SAE (and the model, for the logit lens) run: 'auto' (cuda when "
+        "available, else cpu), 'cpu', 'cuda:1', ..."
+    )
+
+
+PLACEMENT_FIELDS = {"device"}  # where the index is computed, not what it holds: not compared on re-runs
 
 
 @dataclass
@@ -107,15 +118,19 @@ def build_index(
 ) -> IndexResult:
     """Encode every stored token with the SAE and write `db_path` (atomically)."""
     started = time.perf_counter()
+    device = resolve_device(config.device)
     existing = _existing_index(Path(db_path), sae_dir, config)
     if existing is not None:
         return existing
-    sae = load_sae(sae_dir)
+    sae = load_sae(sae_dir).to(device)
     store = ActivationStore(activations_dir)
     manifest = store.manifest()
-    check_width(sae, int(manifest["d_model"]), f"the activations in {activations_dir}")
-    layer = sae.config.layer if sae.config.layer in manifest["layers"] else manifest["layers"][0]
-    loaded = load_model(ModelConfig(**{**manifest["identity"]["traces"]["model"], "device": "cpu", "dtype": "float32"}))
+    check_width(sae, manifest.d_model, f"the activations in {activations_dir}")
+    layer = resolve_sae_layer(sae.config.layer, manifest.layers, config.layer, sae=f"the SAE in {sae_dir}",
+                              holder=f"the activations in {activations_dir}")
+    # The model gives its tokenizer and unembedding (the logit lens): float32 on CPU, its own dtype on a GPU.
+    precision = {"dtype": "float32"} if device.type == "cpu" else {}
+    loaded = load_model(store.model_config(device=config.device, **precision))
     tokenizer = loaded.tokenizer
     stats = _FeatureStats(sae.config.d_sae, config)
     indexed = 0
@@ -144,7 +159,7 @@ def build_index(
             "INSERT OR REPLACE INTO autointerp VALUES (?, ?, ?, ?, NULL, NULL, ?, ?)",
             (row + (HEURISTIC_MODEL, HEURISTIC_VERSION) for row in heuristic_labels(connection)),
         )
-        _insert_meta(connection, sae_dir, sae, manifest, config, store.token_count, indexed)
+        _insert_meta(connection, sae_dir, sae, layer, manifest, config, store.token_count, indexed)
         connection.commit()
         connection.execute("ANALYZE")
         connection.execute("VACUUM")  # packs the pages the B-trees left part-empty: ~10 % smaller
@@ -165,10 +180,19 @@ def _existing_index(db_path: Path, sae_dir: Path, config: IndexConfig) -> IndexR
     except sqlite3.DatabaseError:
         return None
     same_sae = meta.get("sae_sha256") == _sha256(Path(sae_dir) / WEIGHTS_FILE)
-    if not same_sae or meta.get("arguments") != config.model_dump(mode="json"):
+    arguments = {key: value for key, value in (meta.get("arguments") or {}).items() if key not in PLACEMENT_FIELDS}
+    if not same_sae or {**_ADDED_DEFAULTS, **arguments} != _settings(config):
         return None
     return IndexResult(db_path, int(meta["tokens"]), int(meta["indexed_tokens"]), 0.0, db_path.stat().st_size,
                        skipped=True)
+
+
+def _settings(config: IndexConfig) -> dict[str, Any]:
+    """The settings that decide the database: the config without its placement."""
+    return config.model_dump(mode="json", exclude=PLACEMENT_FIELDS)
+
+
+_ADDED_DEFAULTS = {"layer": None}  # fields added since the first databases: what those were built with
 
 
 def _sha256(path: Path) -> str:
@@ -186,11 +210,12 @@ def _encode_chunk(sae: Sae, store: ActivationStore, layer: int, shard, index: di
     rows = np.flatnonzero(keep)
     if len(rows) == 0:
         return 0
-    x = store.read_rows(layer, shard, slice(start, stop)).float()[torch.from_numpy(rows)]
+    device = sae.device
+    x = store.read_rows(layer, shard, slice(start, stop)).float()[torch.from_numpy(rows)].to(device)
     codes = sae.encode(x, batch_dependent=False)
     active = codes.values > 0
-    features, values = codes.features[active], codes.values[active]
-    positions = torch.from_numpy(rows + start)[codes.rows[active]]  # row offsets within the shard
+    features, values = codes.features[active].cpu(), codes.values[active].cpu()  # the statistics live on the CPU
+    positions = torch.from_numpy(rows + start)[codes.rows[active].cpu()]  # row offsets within the shard
     sequence_ids = torch.as_tensor(index["sequence_id"])[positions]
     token_idx = torch.as_tensor(index["token_idx"], dtype=torch.long)[positions]
     segments = torch.as_tensor(index["segment"], dtype=torch.long)
@@ -235,7 +260,8 @@ def _insert_features(connection: sqlite3.Connection, sae: Sae, stats: _FeatureSt
     if unembedding is not None:
         decoded: dict[int, str] = {}
         for first in range(0, d_sae, 512):
-            logits = sae.W_dec[first : first + 512].detach() @ unembedding.T  # (chunk, vocab)
+            chunk = sae.W_dec[first : first + 512].detach().to(unembedding.device, unembedding.dtype)
+            logits = (chunk @ unembedding.T).float().cpu()  # (chunk, vocab)
             for lens, largest in ((top_logits, True), (bottom_logits, False)):
                 best = logits.topk(n_logits, dim=-1, largest=largest)
                 for offset, (values, ids) in enumerate(zip(best.values.tolist(), best.indices.tolist(), strict=True)):
@@ -289,22 +315,22 @@ def _insert_examples(connection: sqlite3.Connection, stats: _FeatureStats, confi
                            zip(*unique.T.tolist(), strengths[first].tolist(), strict=True))
 
 
-def _insert_meta(connection: sqlite3.Connection, sae_dir: Path, sae: Sae, manifest: dict[str, Any],
+def _insert_meta(connection: sqlite3.Connection, sae_dir: Path, sae: Sae, layer: int, manifest: ActivationManifest,
                  config: IndexConfig, tokens: int, indexed: int) -> None:
     weights_hash = _sha256(Path(sae_dir) / WEIGHTS_FILE)
     meta = {
         "format_version": DB_FORMAT_VERSION,
-        "model": manifest.get("model"),
-        "model_fingerprint": manifest.get("model_fingerprint"),
-        "layer": sae.config.layer,
-        "hook_name": sae.config.hook_name,
-        "chat_format": manifest.get("chat_format"),
+        "model": manifest.model,
+        "model_fingerprint": manifest.model_fingerprint,
+        "layer": layer,  # the layer indexed: the SAE's own, or the one given for an SAE that names none
+        "hook_name": f"layers.{layer}.resid_post",
+        "chat_format": manifest.chat_format,
         "sae_arch": sae.config.arch,
         "d_sae": sae.config.d_sae,
         "k": sae.config.k,
         "sae_sha256": weights_hash,
         "tokens": tokens,
         "indexed_tokens": indexed,
-        "arguments": config.model_dump(mode="json"),
+        "arguments": _settings(config),
     }
     connection.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", ((k, json.dumps(v)) for k, v in meta.items()))

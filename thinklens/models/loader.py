@@ -117,10 +117,26 @@ def parse_model_spec(spec: str) -> ModelSpec:
 
 
 def resolve_device(device: str) -> torch.device:
-    """'auto' → cuda when available, else cpu."""
+    """'auto' → cuda when available, else cpu; any other device must exist on this machine.
+
+    Every stage that computes calls this first, so a wrong device fails before anything is written.
+    """
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ThinklensError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ThinklensError(f"device {device!r} asked but CUDA is not available here: use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise ThinklensError(f"device {device!r} asked but this machine has {count} CUDA device(s): "
+                                 f"use cuda:0..cuda:{count - 1} or auto")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ThinklensError(f"device {device!r} asked but MPS is not available here: use --device cpu or auto")
+    return resolved
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:

@@ -3,8 +3,11 @@
 - FVU (fraction of variance unexplained) = Σ‖x − x̂‖² / Σ‖x − x̄‖², sums over held-out tokens,
   x̄ their mean; overall and per segment (x̄ then the segment's mean).
 - L0 = mean number of active features per token.
-- dead fraction: features that never fire on the held-out tokens; dense fraction: features firing
-  on more than `dense_threshold` of them.
+- dead fraction, two ways. Over the training window (SAELens' rule, recorded by `train`): features
+  that did not fire in the last `dead_after_tokens` training tokens. On the held-out tokens (per
+  segment, beside their token count): features that never fire on them — on a small hold-out set
+  this counts rare features as dead, so read it with its `tokens`.
+- dense fraction: features firing on more than `dense_threshold` of the held-out tokens.
 - Language-model cost on held-out traces: next-token cross-entropy with the layer's output replaced
   by the SAE reconstruction (spliced), vs clean and vs zero-ablated; loss recovered =
   (zero − spliced) / (zero − clean). Tokens excluded from training (special, massive) keep their
@@ -27,8 +30,9 @@ from thinklens.activations.reader import ActivationReader, ReaderConfig, in_hold
 from thinklens.activations.store import ActivationStore
 from thinklens.data.segments import SEGMENT_NAMES
 from thinklens.errors import ThinklensError
-from thinklens.models.loader import LoadedModel, ModelConfig, load_model
+from thinklens.models.loader import LoadedModel, load_model, resolve_device
 from thinklens.sae.formats import check_width, load_sae, sae_metadata
+from thinklens.sae.layer import resolve_sae_layer
 from thinklens.sae.sae import Sae, SaeOutput
 
 
@@ -41,6 +45,13 @@ class EvalConfig(BaseModel):
     dense_threshold: float = Field(default=0.1, gt=0, le=1, description="Firing rate above which a feature is dense.")
     lm_sequences: int = Field(default=32, ge=0, description="Held-out traces for the LM-loss comparison (0: skip).")
     holdout_fraction: float | None = Field(default=None, description="Default: the fraction the SAE was trained with.")
+    layer: int | None = Field(
+        default=None, description="Layer the SAE reads; only needed for an SAE that names none (it may not contradict it)."
+    )
+    device: str = Field(
+        default="auto",
+        description="Where the SAE and the model run: 'auto' (cuda when available, else cpu), 'cpu', 'cuda:1', ...",
+    )
 
 
 @dataclass
@@ -54,25 +65,48 @@ class SegmentMetrics:
 
 @dataclass
 class EvalReport:
-    overall: SegmentMetrics
+    overall: SegmentMetrics  # its dead_fraction counts the held-out tokens only (see `tokens`)
     segments: dict[str, SegmentMetrics]
     lm: dict[str, float] = field(default_factory=dict)  # clean, spliced, zero_ablated, delta, loss_recovered
+    dead_fraction_training: float | None = None  # no firing in the last `dead_window_tokens` training tokens
+    dead_window_tokens: int | None = None  # None for SAEs whose training recorded no window
 
     def as_dict(self) -> dict:
         return {
             "overall": self.overall.__dict__,
             "segments": {name: metrics.__dict__ for name, metrics in self.segments.items()},
             "lm": self.lm,
+            "dead_fraction_training": self.dead_fraction_training,
+            "dead_window_tokens": self.dead_window_tokens,
         }
+
+
+def training_dead_fraction(metadata: dict) -> tuple[float | None, int | None]:
+    """(dead fraction, window in tokens) over the training window, from a saved SAE's metadata.
+
+    Recorded by `train` as `dead_features`; for SAEs trained before that record, the last step's
+    dead fraction when the run was longer than its window; (None, None) for foreign SAEs.
+    """
+    record = metadata.get("dead_features")
+    if record is not None:
+        return record.get("fraction"), record.get("window_tokens")
+    training, final = metadata.get("training", {}), metadata.get("final", {})
+    window, batch_size = training.get("dead_after_tokens"), training.get("batch_size")
+    fraction = final.get("dead_fraction")
+    if window is None or batch_size is None or fraction is None:
+        return None, None
+    if int(metadata.get("steps", 0)) * batch_size <= window:  # the window never filled: nothing could be dead
+        return None, None
+    return float(fraction), int(window)
 
 
 class _Accumulator:
     """Streaming sums for FVU and L0 (float64, so millions of tokens add up exactly enough)."""
 
-    def __init__(self, d_in: int, d_sae: int) -> None:
+    def __init__(self, d_in: int, d_sae: int, device: torch.device | str = "cpu") -> None:
         self.tokens, self.squared_error, self.squared_norm, self.active = 0, 0.0, 0.0, 0
-        self.total = torch.zeros(d_in, dtype=torch.float64)
-        self.fired = torch.zeros(d_sae, dtype=torch.long)  # tokens on which each feature fired
+        self.total = torch.zeros(d_in, dtype=torch.float64, device=device)
+        self.fired = torch.zeros(d_sae, dtype=torch.long, device=device)  # tokens on which each feature fired
 
     def add(self, x: torch.Tensor, output: SaeOutput) -> None:
         active = output.codes.values > 0
@@ -114,24 +148,27 @@ def evaluate(
     loaded: LoadedModel | None = None,
 ) -> EvalReport:
     """Metrics of the SAE in `sae_dir` on the held-out split of `activations_dir`."""
-    sae = load_sae(sae_dir)
+    device = resolve_device(config.device)
+    sae = load_sae(sae_dir).to(device)
     store = ActivationStore(activations_dir)
-    manifest = store.manifest()
-    check_width(sae, int(manifest["d_model"]), f"the activations in {activations_dir}")
-    layer = sae.config.layer if sae.config.layer is not None else manifest["layers"][0]
-    training = sae_metadata(sae_dir).get("training", {})
+    check_width(sae, store.d_model, f"the activations in {activations_dir}")
+    layer = resolve_sae_layer(sae.config.layer, store.layers, config.layer, sae=f"the SAE in {sae_dir}",
+                              holder=f"the activations in {activations_dir}")
+    metadata = sae_metadata(sae_dir)
+    training = metadata.get("training", {})
     fraction = config.holdout_fraction if config.holdout_fraction is not None else training.get("holdout_fraction", 0.05)
     exclude_special = not training.get("include_special", False)
     exclude_massive = not training.get("include_massive", False)
 
-    overall, per_segment = _Accumulator(sae.config.d_in, sae.config.d_sae), {}
+    overall, per_segment = _Accumulator(sae.config.d_in, sae.config.d_sae, device), {}
     for name in SEGMENT_NAMES:
         reader = ActivationReader(activations_dir, ReaderConfig(
             layer=layer, batch_size=config.batch_size, segments=(name,), split="holdout", holdout_fraction=fraction,
             exclude_special=exclude_special, exclude_massive=exclude_massive, buffer_tokens=config.batch_size,
         ))
-        accumulator = _Accumulator(sae.config.d_in, sae.config.d_sae)
+        accumulator = _Accumulator(sae.config.d_in, sae.config.d_sae, device)
         for x in reader:
+            x = x.to(device)
             accumulator.add(x, sae(x))
         overall.merge(accumulator)
         per_segment[name] = accumulator.metrics(config.dense_threshold)
@@ -139,9 +176,11 @@ def evaluate(
         raise ThinklensError(
             f"no held-out tokens in {activations_dir} (hold-out fraction {fraction}): collect more traces or raise it"
         )
-    report = EvalReport(overall=overall.metrics(config.dense_threshold), segments=per_segment)
+    dead_training, window = training_dead_fraction(metadata)
+    report = EvalReport(overall=overall.metrics(config.dense_threshold), segments=per_segment,
+                        dead_fraction_training=dead_training, dead_window_tokens=window)
     if config.lm_sequences:
-        loaded = loaded or load_model(ModelConfig(**manifest["identity"]["traces"]["model"]))
+        loaded = loaded or load_model(store.model_config(device=config.device))
         report.lm = lm_cost(sae, layer, loaded, store, traces_dir, fraction, config.lm_sequences,
                             exclude_special, exclude_massive)
     return report
@@ -181,8 +220,8 @@ def lm_cost(
         start = trace["generation_start"]
         edits = {
             "clean": None,
-            "spliced": lambda h, keep=keep: torch.where(keep, h, sae(h[0]).recon[None].to(h.dtype)),
-            "zero_ablated": lambda h, keep=keep: torch.where(keep, h, torch.zeros_like(h)),
+            "spliced": lambda h, keep=keep: torch.where(keep.to(h.device), h, _reconstruct(sae, h[0])[None]),
+            "zero_ablated": lambda h, keep=keep: torch.where(keep.to(h.device), h, torch.zeros_like(h)),
         }
         for name, edit in edits.items():
             if edit is None:
@@ -198,3 +237,10 @@ def lm_cost(
     recovered = (zero - spliced) / (zero - clean) if zero != clean else float("nan")
     return {"clean": clean, "spliced": spliced, "zero_ablated": zero, "delta": spliced - clean,
             "loss_recovered": recovered, "tokens": float(count)}
+
+
+def _reconstruct(sae: Sae, hidden: torch.Tensor) -> torch.Tensor:
+    """The SAE's reconstruction of (n, d_model) hidden states, computed in float32 on the SAE's device
+    and handed back in the hidden states' dtype and device (the model may sit elsewhere, in bf16)."""
+    recon = sae(hidden.to(sae.device, torch.float32)).recon
+    return recon.to(hidden.device, hidden.dtype)

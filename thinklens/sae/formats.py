@@ -42,6 +42,7 @@ def save_sae(sae: Sae, directory: Path, metadata: dict[str, Any] | None = None) 
         }
         if config.arch in ("batchtopk", "batchtopk_tied"):
             tensors["threshold"] = sae.threshold.expand(config.d_sae).clone()
+        tensors = {name: tensor.cpu() for name, tensor in tensors.items()}  # an SAE on the GPU saves the same file
     directory = Path(directory)
     with atomic_path(directory / WEIGHTS_FILE) as temp:
         save_file(tensors, str(temp))

@@ -105,6 +105,7 @@ class _SelectedPreActs(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_values):  # noqa: D102 - torch API
         x, rows, features = ctx.saved_tensors
+        grad_values = grad_values.to(x.dtype)  # bf16 under autocast; the weight gradient is float32
         gradient = torch.sparse_coo_tensor(
             torch.stack([features, rows]), grad_values, (ctx.shape[0], x.shape[0]), check_invariants=False
         )
@@ -133,6 +134,11 @@ class Sae(nn.Module):
     @property
     def encoder_weight(self) -> torch.Tensor:
         return self.W_dec if self.W_enc is None else self.W_enc
+
+    @property
+    def device(self) -> torch.device:
+        """Where the SAE's weights are (inputs are moved here to be encoded)."""
+        return self.b_dec.device
 
     # ------------------------------------------------------------------ encode / decode
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,7 +191,8 @@ class Sae(nn.Module):
 
     def feature_sum(self, codes: SparseCodes) -> torch.Tensor:
         """Σ value · decoder row over each row's active features, (n, d_in), in scaled units, no bias."""
-        return F.embedding_bag(codes.features, self.W_dec, codes.offsets(), mode="sum", per_sample_weights=codes.values)
+        weights = codes.values.to(self.W_dec.dtype)  # bf16 codes from an autocast encoder: decode in W_dec's dtype
+        return F.embedding_bag(codes.features, self.W_dec, codes.offsets(), mode="sum", per_sample_weights=weights)
 
     def forward(self, x: torch.Tensor) -> SaeOutput:
         codes, pre = self._encode(x, None)

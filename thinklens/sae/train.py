@@ -4,6 +4,11 @@ The loop: next batch → forward → loss (+ AuxK) → backward → project, cli
 renormalise → track dead features and the BatchTopK threshold → log, checkpoint if due. A checkpoint
 holds weights, optimiser state, counters and the number of batches consumed, so a killed run
 resumes exactly where it stopped (the reader is deterministic and is fast-forwarded).
+
+On CUDA the encoder/decoder forward runs under bf16 autocast and the remaining float32 matmuls
+use TF32 (`dtype: auto`); weights, gradients and the optimiser state stay float32. On CPU
+everything is float32, bit for bit as before. The device is placement, not a setting of the
+result: a run may resume on another device.
 """
 
 from __future__ import annotations
@@ -12,23 +17,27 @@ import json
 import math
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from thinklens.activations.reader import ActivationReader, ReaderConfig
-from thinklens.activations.store import ActivationStore
+from thinklens.activations.store import ActivationManifest, ActivationStore
 from thinklens.errors import ThinklensError, refuse_other_identity
 from thinklens.files import atomic_path
+from thinklens.models.loader import resolve_device
 from thinklens.progress import progress_bar
 from thinklens.sae.formats import CFG_FILE, sae_metadata, save_sae
+from thinklens.sae.layer import resolve_sae_layer
 from thinklens.sae.sae import Arch, Sae, SaeConfig, SaeOutput, SparseCodes
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "training_log.jsonl"
+PLACEMENT_FIELDS = {"device"}  # where a run trains, not what it trains: left out of the settings compared
 
 
 class TrainConfig(BaseModel):
@@ -69,6 +78,14 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(default=200, ge=1, description="Steps between checkpoints.")
     seed: int = Field(default=0, description="Seed of initialisation and data order.")
     wandb_project: str | None = Field(default=None, description="Log to this W&B project (WANDB_MODE=offline works).")
+    device: str = Field(
+        default="auto", description="Where the SAE trains: 'auto' (cuda when available, else cpu), 'cpu', 'cuda:1', ..."
+    )
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        default="auto",
+        description="Forward precision: 'auto' is bf16 autocast + TF32 on CUDA and float32 on CPU; 'float32' forces "
+        "full float32. Weights and optimiser state are float32 either way.",
+    )
 
 
 @dataclass
@@ -97,9 +114,12 @@ class StepStats:
 def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progress: bool = True) -> TrainResult:
     """Train an SAE on `activations_dir` into `sae_dir`, resuming from its checkpoint if one exists."""
     started = time.perf_counter()
+    device = resolve_device(config.device)  # before anything is read or written
     store = ActivationStore(activations_dir)
     manifest = store.manifest()
-    layer = manifest["layers"][0] if config.layer is None else config.layer
+    # Train's layer is a choice among the harvested ones (default the first), checked like any SAE's.
+    layer = resolve_sae_layer(None, manifest.layers, manifest.layers[0] if config.layer is None else config.layer,
+                              holder=f"the activations in {activations_dir}")
     n_train = ActivationReader(activations_dir, _reader_config(config, layer, epochs=1)).n_tokens
     config = _resolve(config, n_train)
     if n_train < config.batch_size:
@@ -114,29 +134,30 @@ def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progre
     total_steps = (config.tokens or config.epochs * n_train) // config.batch_size
     if config.tokens is None and total_steps < config.min_steps:
         total_steps = math.ceil(config.min_steps / steps_per_epoch) * steps_per_epoch
-    trainer = _Trainer(config, _sae_config(config, manifest, layer), total_steps)
+    trainer = _Trainer(config, _sae_config(config, manifest, layer), total_steps, device)
     checkpoint = Path(sae_dir) / CHECKPOINT_FILE
     if checkpoint.is_file():
         trainer.load_checkpoint(checkpoint, config)
     else:
         trainer.sae.init_from_data(
-            _init_sample(activations_dir, config, layer),
+            _init_sample(activations_dir, config, layer).to(device),
             geometric_median=config.b_dec_init == "geometric_median",
             scale_inputs=config.normalize_inputs,
         )
     batches = _batches(activations_dir, config, layer, total_steps, skip=trainer.step)
     logger = _Logger(Path(sae_dir), config, resume=trainer.step > 0)
     stats = StepStats(math.nan, math.nan, math.nan, math.nan)
-    with progress_bar("train", total=total_steps, enabled=show_progress) as bar:
+    with progress_bar("train", total=total_steps, enabled=show_progress) as bar, _fast_matmuls(trainer.tf32):
         bar.advance(trainer.step)
         for batch in batches:
-            stats = trainer.train_step(batch)
+            stats = trainer.train_step(batch.to(device, non_blocking=True))
             logger.log(trainer.step, stats, trainer.lr())
             bar.advance(1, tokens=len(batch), status=_status(stats))
             if trainer.step % config.checkpoint_every == 0 and trainer.step < total_steps:
                 trainer.save_checkpoint(checkpoint)
     final = {"loss": stats.loss, "fvu": stats.fvu, "l0": stats.l0, "dead_fraction": stats.dead_fraction}
-    metadata = {"training": config.model_dump(mode="json"), "steps": trainer.step, "final": final}
+    metadata = {"training": _settings(config), "steps": trainer.step, "final": final,
+                "dead_features": trainer.dead_record()}
     save_sae(trainer.sae, Path(sae_dir), metadata=metadata)
     checkpoint.unlink(missing_ok=True)
     logger.close()
@@ -152,24 +173,63 @@ def _finished_training(sae_dir: Path, config: TrainConfig) -> TrainResult | None
     if not (sae_dir / CFG_FILE).is_file():
         return None
     metadata = sae_metadata(sae_dir)
-    refuse_other_identity(sae_dir, metadata.get("training", {}), config.model_dump(mode="json"),
+    refuse_other_identity(sae_dir, _settings_of_record(metadata.get("training", {})), _settings(config),
                           "an SAE trained with other settings", f"remove {sae_dir} or train into another run")
     steps = int(metadata.get("steps", 0))
     return TrainResult(sae_dir, steps, steps * (config.batch_size or 0), 0.0, metadata.get("final", {}),
                        config.batch_size or 0, skipped=True)
 
 
+def _settings(config: TrainConfig) -> dict[str, Any]:
+    """The settings that decide the SAE (the config without its placement): what a finished SAE and a
+    checkpoint record and what a re-run must match."""
+    return config.model_dump(mode="json", exclude=PLACEMENT_FIELDS)
+
+
+def _settings_of_record(recorded: dict[str, Any]) -> dict[str, Any]:
+    """Recorded settings in today's terms: without placement, and with the defaults of fields added
+    since (an SAE trained before `dtype` existed trained in float32 on CPU, which is what 'auto' is there)."""
+    added = {"dtype": TrainConfig.model_fields["dtype"].default}
+    return {**added, **{key: value for key, value in recorded.items() if key not in PLACEMENT_FIELDS}}
+
+
+@contextmanager
+def _fast_matmuls(enabled: bool) -> Iterator[None]:
+    """TF32 for float32 matmuls on CUDA while training, restored afterwards."""
+    if not enabled:
+        yield
+        return
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
 class _Trainer:
     """The SAE, its optimiser and the counters that a checkpoint must carry."""
 
-    def __init__(self, config: TrainConfig, sae_config: SaeConfig, total_steps: int) -> None:
+    def __init__(self, config: TrainConfig, sae_config: SaeConfig, total_steps: int,
+                 device: torch.device | None = None) -> None:
         torch.manual_seed(config.seed)
         self.config = config
-        self.sae = Sae(sae_config).train()
+        self.device = device or torch.device("cpu")
+        self.sae = Sae(sae_config).train().to(self.device)  # created on CPU first: the same init on every device
         self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=config.lr, betas=(0.9, 0.999))
         self.total_steps = total_steps
         self.step = 0
-        self.tokens_since_fired = torch.zeros(sae_config.d_sae, dtype=torch.long)
+        self.tokens_since_fired = torch.zeros(sae_config.d_sae, dtype=torch.long, device=self.device)
+        on_cuda = self.device.type == "cuda"
+        self.bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and on_cuda)  # autocast the forward
+        self.tf32 = on_cuda and config.dtype != "float32"
+
+    def forward(self, x: torch.Tensor) -> SaeOutput:
+        """The SAE's forward, under bf16 autocast when asked (the loss is then computed in float32)."""
+        if not self.bf16:
+            return self.sae(x)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return self.sae(x)
 
     def lr(self) -> float:
         """Warm-up, constant, then linear decay to zero over the last `decay_fraction` of steps."""
@@ -183,7 +243,7 @@ class _Trainer:
     def train_step(self, x: torch.Tensor) -> StepStats:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr()
-        output = self.sae(x)
+        output = self.forward(x)
         scale = self.sae.config.input_scale
         error = (x - output.recon) * scale  # (n, d_in) in the scaled units the SAE works in
         mse = error.pow(2).sum(dim=-1).mean()
@@ -217,7 +277,7 @@ class _Trainer:
         k = min(self.config.aux_k, len(dead_ids))
         picked = output.pre_acts[:, dead_ids].topk(k, dim=-1).indices  # (n, k) into dead_ids
         features = dead_ids[picked].flatten()
-        rows = torch.arange(x.shape[0]).repeat_interleave(k)
+        rows = torch.arange(x.shape[0], device=x.device).repeat_interleave(k)
         values = self.sae.values_at(x * self.sae.config.input_scale, output.pre_acts, rows, features)
         aux_recon = self.sae.feature_sum(SparseCodes(values, features, rows, x.shape[0], self.sae.config.d_sae))
         variance = (error - error.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-8)
@@ -237,6 +297,17 @@ class _Trainer:
                 threshold = self.sae.threshold
                 threshold.copy_(lowest if threshold < 0 else 0.99 * threshold + 0.01 * lowest)
 
+    def dead_record(self) -> dict[str, float | int | None]:
+        """Share of features that did not fire in the last `dead_after_tokens` training tokens (SAELens'
+        rule), with the window it was measured over: the whole run when that was shorter."""
+        trained = self.step * (self.config.batch_size or 0)
+        window = min(self.config.dead_after_tokens, trained)
+        if window == 0:
+            return {"fraction": None, "window_tokens": 0}
+        # A full window: the training rule itself (`>`); a short run: never fired at all.
+        dead = self.tokens_since_fired > window if trained > window else self.tokens_since_fired >= trained
+        return {"fraction": dead.float().mean().item(), "window_tokens": window}
+
     def save_checkpoint(self, path: Path) -> None:
         state = {
             "sae": self.sae.state_dict(),
@@ -244,20 +315,20 @@ class _Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "tokens_since_fired": self.tokens_since_fired,
-            "training": self.config.model_dump(mode="json"),
+            "training": _settings(self.config),
         }
         with atomic_path(path) as temp:
             torch.save(state, temp)
 
     def load_checkpoint(self, path: Path, config: TrainConfig) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if state["training"] != config.model_dump(mode="json"):
+        if _settings_of_record(state["training"]) != _settings(config):
             raise ThinklensError(f"{path} belongs to a run with other settings: remove it to start over")
         self.sae.config = SaeConfig(**state["sae_config"])
         self.sae.load_state_dict(state["sae"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
-        self.tokens_since_fired = state["tokens_since_fired"]
+        self.tokens_since_fired = state["tokens_since_fired"].to(self.device)
 
 
 def _resolve(config: TrainConfig, n_train: int) -> TrainConfig:
@@ -303,17 +374,17 @@ def _init_sample(activations_dir: Path, config: TrainConfig, layer: int) -> torc
     return next(iter(ActivationReader(activations_dir, sample)))
 
 
-def _sae_config(config: TrainConfig, manifest: dict[str, Any], layer: int) -> SaeConfig:
-    d_model = int(manifest["d_model"])
+def _sae_config(config: TrainConfig, manifest: ActivationManifest, layer: int) -> SaeConfig:
+    d_model = manifest.d_model
     return SaeConfig(
         arch=config.arch,
         d_in=d_model,
         d_sae=config.expansion * d_model,
         k=None if config.arch == "relu" else config.k,
-        model=manifest.get("model"),
-        model_fingerprint=manifest.get("model_fingerprint"),
+        model=manifest.model,
+        model_fingerprint=manifest.model_fingerprint,
         layer=layer,
-        chat_format=manifest.get("chat_format"),
+        chat_format=manifest.chat_format,
     )
 
 

@@ -17,19 +17,25 @@ from thinklens.steering.variant import Variant, typical_max_activations
 
 
 def open_variant(traces_dir: Path, sae_dir: Path, db_path: Path, features: list[int], device: str = "auto") -> Variant:
-    """The run's model, SAE, reasoning format and prefix pattern, with the features' typical maxima."""
+    """The run's model, SAE, reasoning format and prefix pattern, with the features' typical maxima.
+
+    The model and the SAE go on `device`; steering acts on the SAE's layer (or, for an SAE that names
+    none, the layer the feature database was indexed on).
+    """
     store = TraceStore(traces_dir)
     meta = store.meta()
     if meta is None:
         raise ThinklensError(f"no traces in {traces_dir}: run `thinklens collect` first")
     identity = meta["identity"]
     loaded = load_model(store.model_config(device=device))
-    sae = load_sae(sae_dir)
+    sae = load_sae(sae_dir).to(loaded.device)
     format_name = store.read(["format"]).column(0)[0].as_py()
     fmt = make_format(format_name, forced_opening=identity.get("forced_opening"))
     db = FeatureDB(db_path)
     typical = typical_max_activations(db, features)
-    return Variant(loaded, sae, typical_max=typical, fmt=fmt, prefix=PrefixConfig(**identity["prefix"]))
+    indexed_layer = db.meta().get("layer")  # the layer whose activations gave the typical maxima
+    return Variant(loaded, sae, typical_max=typical, fmt=fmt, prefix=PrefixConfig(**identity["prefix"]),
+                   layer=indexed_layer)
 
 
 def run_prompts(traces_dir: Path, limit: int) -> list[PromptRecord]:

@@ -58,7 +58,7 @@ def unsteered_readout(loaded: LoadedModel, sae: Sae | None, feature: int | None,
     nll = torch.nn.functional.cross_entropy(logits[start - 1 : -1], ids[0, start:])
     readback = math.nan
     if sae is not None and feature is not None:
-        hidden = captured[layer][0, start:].float().cpu()
+        hidden = captured[layer][0, start:].float().to(sae.device)
         readback = float(sae.encode(hidden, batch_dependent=False).dense()[:, feature].mean())
     return float(nll.exp()), readback
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-from thinklens.steering.sweep import PointSummary, SweepConfig
+from thinklens.figures import pyplot, save_figure
+from thinklens.steering.regimes import REGIMES, PointSummary
 
-REGIME_COLOURS = {"unchanged": "#dddddd", "steered": "#8fd18f", "reverted": "#f2c46d", "broken": "#e57373"}
+REGIME_COLOURS = dict(zip(REGIMES, ("#dddddd", "#8fd18f", "#f2c46d", "#e57373"), strict=True))
 PANELS = {
     "behaviour": [("readback", "feature read back"), ("thinking_tokens", "thinking tokens"),
                   ("backtracking", "backtracking words"), ("correct", "share correct")],
@@ -15,39 +17,32 @@ PANELS = {
 }
 
 
-def plot_sweep(points: list[PointSummary], config: SweepConfig, directory: Path) -> list[Path]:
+def plot_sweep(points: Sequence[PointSummary], directory: Path, *, feature: int, policies: Sequence[str],
+               absolute: bool = False) -> list[Path]:
     """Write behaviour.{png,svg} and coherence.{png,svg} into `directory`; returns their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, no display
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     written = []
-    policies = list(config.policies)
     for figure_name, panels in PANELS.items():
         figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
         for axis, (metric, title) in zip(axes[0], panels, strict=True):
             for row, policy in enumerate(policies):
                 series = sorted((p for p in points if p.policy == policy), key=lambda p: p.strength)
                 axis.plot([p.strength for p in series], [p.means.get(metric) for p in series], marker="o", label=policy)
-                _shade(axis, series, row, len(policies))
+                _shade(axis, series, row)
             axis.set_title(title, fontsize=10)
-            axis.set_xlabel("strength (× typical max)" if not config.absolute else "strength")
+            axis.set_xlabel("strength" if absolute else "strength (× typical max)")
             axis.set_xscale("symlog", linthresh=1.0)
         axes[0][0].legend(fontsize=8)
         handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in REGIME_COLOURS.values()]
         figure.legend(handles, REGIME_COLOURS.keys(), loc="lower center", ncol=4, fontsize=8, frameon=False)
-        figure.suptitle(f"feature {config.feature}: {figure_name} vs strength (bands: regime per policy)", fontsize=11)
+        figure.suptitle(f"feature {feature}: {figure_name} vs strength (bands: regime per policy)", fontsize=11)
         figure.tight_layout(rect=(0, 0.07, 1, 0.95))
-        for suffix in ("png", "svg"):
-            path = directory / f"{figure_name}.{suffix}"
-            figure.savefig(path, dpi=110)
-            written.append(path)
-        plt.close(figure)
+        png, svg = directory / f"{figure_name}.png", directory / f"{figure_name}.svg"
+        written += [save_figure(figure, png, dpi=110, close=False), save_figure(figure, svg, dpi=110)]
     return written
 
 
-def _shade(axis, series: list[PointSummary], row: int, rows: int) -> None:
+def _shade(axis, series: list[PointSummary], row: int) -> None:
     """A thin band per policy along the bottom of the panel, coloured by each strength's regime."""
     if not series:
         return

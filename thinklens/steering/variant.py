@@ -16,10 +16,13 @@ import torch
 
 from thinklens.activations.reader import ActivationReader, ReaderConfig
 from thinklens.data.segments import PrefixConfig, SegmentedTrace, segment_trace
+from thinklens.errors import ThinklensError
 from thinklens.features.db import FeatureDB
 from thinklens.models.formats import ReasoningFormat, detect_format, make_format, render_prompt
 from thinklens.models.generate import Sampling, generate
+from thinklens.models.layers import n_layers
 from thinklens.models.loader import LoadedModel
+from thinklens.sae.layer import resolve_sae_layer
 from thinklens.sae.sae import Sae
 from thinklens.steering.engine import FeatureEdit, SteeringHook, SteeringSpec, steering
 
@@ -57,10 +60,19 @@ class Variant:
         self.typical_max = dict(typical_max or {})
         self.fmt = fmt or make_format(detect_format(loaded.tokenizer))
         self.prefix = prefix or PrefixConfig()
-        self.layer = layer if layer is not None else (sae.config.layer if sae is not None else None)
+        # Without an SAE, `layer` as given; with one, the SAE's layer by the one rule. When neither names a
+        # layer, unsteered generation still works and steering refuses (in `generate`).
+        unnamed = sae is None or (layer is None and sae.config.layer is None)
+        self.layer = layer if unnamed else self._sae_layer(layer)
         self.edits: list[FeatureEdit] = []
         self.policy = "after_prefix"
         self.absolute = False
+
+    def _sae_layer(self, layer: int | None) -> int:
+        """The SAE's layer by the one rule (`resolve_sae_layer`): `layer` may restate it, not contradict it."""
+        return resolve_sae_layer(self.sae.config.layer, range(n_layers(self.loaded.model)), layer,
+                                 holder=f"the model {self.loaded.spec.name}",
+                                 fix="pass layer= to Variant, or index the SAE with --layer L", harvestable=False)
 
     def set(self, feature: int, strength: float, policy: str | None = None, mode: str = "add") -> Variant:
         """Push `feature` by `strength` (add), to `strength` (clamp) or × `strength` (scale)."""
@@ -103,10 +115,10 @@ class Variant:
                                                                       strict=True)]
         hook = None
         if self.spec is not None:
-            if self.layer is None:
-                from thinklens.errors import ThinklensError
-
+            if self.layer is None and self.sae is None:
                 raise ThinklensError("steering needs a layer: pass an SAE or layer= to Variant")
+            if self.layer is None:
+                self.layer = self._sae_layer(None)  # raises: the SAE names no layer
             hook = SteeringHook(self.spec, self.sae, self.layer, self.typical_max, tokenizer, self.fmt, self.prefix,
                                 prompt_ids)
         with steering(self.loaded.model, hook) if hook is not None else nullcontext():
@@ -148,8 +160,6 @@ def contrastive_direction(activations_dir: Path, layer: int, segments_a: Sequenc
             if count >= max_tokens:
                 break
         if total is None:
-            from thinklens.errors import ThinklensError
-
             raise ThinklensError(f"no tokens in segments {list(segments)} of {activations_dir}")
         return total / count
 
