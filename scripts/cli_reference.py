@@ -27,13 +27,16 @@ def _option_rows(command) -> list[str]:  # a (Typer-vendored) click Command
         if param.param_type_name not in ("option", "argument") or getattr(param, "hidden", False):
             continue
         if param.param_type_name == "argument":
-            rows.append(f"| `{param.name.upper()}` (argument) | {_cell(getattr(param, 'help', '') or '')} | required |")
+            required = "required" if param.required else ""
+            rows.append(f"| `{param.name.upper()}` (argument) | {_cell(getattr(param, 'help', '') or '')} | {required} |")
             continue
         names = ", ".join(f"`{name}`" for name in param.opts)
         if param.is_flag:
             default = ""
         elif param.required:
             default = "required"
+        elif isinstance(param.show_default, str):  # options default to None; the config's default is shown
+            default = f"`{_cell(param.show_default)}`"
         elif param.default is None or param.default == "":
             default = ""
         else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -168,7 +169,7 @@ def test_train_then_eval_report_fvu_l0_dead_and_lm_loss(tiny_models, tmp_path):
     assert evaluated.exit_code == 0, evaluated.output
     for words in ("FVU", "L0", "dead", "dense", "loss recovered", "thinking"):
         assert words in evaluated.output
-    report = json.loads((run / "sae" / "eval.json").read_text())
+    report = json.loads((run / "sae" / "eval.json").read_text())["result"]  # the envelope's result
     assert 0 <= report["overall"]["fvu"] < 2 and report["overall"]["l0"] > 0
     assert 0 <= report["overall"]["dead_fraction"] <= report["segments"]["thinking"]["dead_fraction"] <= 1
     assert report["lm"]["zero_ablated"] > report["lm"]["clean"] > 0
@@ -206,6 +207,83 @@ def test_index_and_feature_queries(indexed_run, tmp_path):
     assert missing.exit_code == 2 and "feature 123456 does not exist" in _error_line(missing)
     no_db = _invoke("features", str(tmp_path), "show", "0")
     assert no_db.exit_code == 2 and "run `thinklens index" in _error_line(no_db)
+
+
+@pytest.mark.integration
+def test_index_refuses_a_foreign_sae_without_a_layer_until_given_one(indexed_run, tmp_path):
+    from thinklens.sae.formats import load_sae, save_sae
+
+    run = _linked_run(indexed_run, tmp_path, "traces", "activations")
+    sae = load_sae(indexed_run / "sae")
+    foreign = sae.__class__(sae.config.model_copy(update={"layer": None}))  # same width, no layer: a foreign file
+    foreign.load_state_dict(sae.state_dict())
+    save_sae(foreign, run / "sae")
+    refused = _invoke("index", str(run), "--top", "8")
+    assert refused.exit_code == 2
+    assert "names no layer: pass --layer" in _error_line(refused) and "1" in _error_line(refused)
+    assert not (run / "features.db").exists()
+    wrong = _invoke("index", str(run), "--top", "8", "--layer", "0")
+    assert wrong.exit_code == 2 and "layer 0 is not in" in _error_line(wrong)
+    given = _invoke("index", str(run), "--top", "8", "--layer", "1")
+    assert given.exit_code == 0, given.output
+    assert (run / "features.db").is_file()
+
+
+@pytest.mark.integration
+def test_train_on_a_device_this_machine_lacks_is_one_line(indexed_run, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    run = _linked_run(indexed_run, tmp_path, "traces", "activations")
+    result = _invoke("train", str(run), "--device", "cuda", "--k", "4", "--expansion", "2")
+    assert result.exit_code == 2
+    assert "CUDA is not available" in _error_line(result) and "--device cpu" in _error_line(result)
+    assert not (run / "sae").exists()  # nothing written
+
+
+def test_cli_states_no_default_of_its_own():
+    """Every option of every command defaults to None (flags: None or False), so the library's default applies."""
+    import ast
+
+    from thinklens.pipeline.reference import render_reference
+
+    source = (ROOT / "thinklens" / "cli.py").read_text()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef):
+            for default in node.args.defaults + [d for d in node.args.kw_defaults if d is not None]:
+                assert isinstance(default, ast.Constant) and default.value in (None, False), (
+                    f"{node.name} has a default of its own: {ast.unparse(default)}")
+    # No library default is restated: none of the reference config's numbers appears as a literal.
+    numbers = {value for value in re.findall(r":\s(-?\d+\.\d+|\d{2,})$", render_reference(), re.M)}
+    for module in ("cli.py", "cli_stages.py"):
+        text = (ROOT / "thinklens" / module).read_text()
+        restated = sorted(number for number in numbers if re.search(rf"(?<![\w.]){re.escape(number)}(?![\w.])", text))
+        assert not restated, f"{module} restates library defaults {restated}"
+
+
+def test_every_stage_option_sets_a_config_field_and_every_artifact_is_known():
+    from thinklens.cli_stages import field_at
+    from thinklens.pipeline import STAGES, RunDir
+
+    rundir = RunDir("somewhere")
+    for stage in STAGES:
+        for option, path in stage.options.items():
+            assert field_at(stage.config, path).description, (stage.name, option)
+        for name in stage.reads + stage.writes:
+            assert rundir.artifact(name).is_relative_to(rundir.root), (stage.name, name)
+
+
+def test_code_shape_cli_is_thin_and_functions_are_short():
+    import ast
+
+    assert len((ROOT / "thinklens" / "cli.py").read_text().splitlines()) <= 350
+    long = []
+    for path in sorted((ROOT / "thinklens").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno >= 60:
+                long.append(f"{path.relative_to(ROOT)}:{node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long, long
 
 
 @pytest.mark.integration

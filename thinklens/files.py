@@ -44,3 +44,42 @@ def remove_stale_temps(directory: Path) -> int:
     for path in stale:
         path.unlink(missing_ok=True)
     return len(stale)
+
+
+# ------------------------------------------------------------------------------------ envelopes
+ENVELOPE_FORMAT_VERSION = 1
+
+
+def write_envelope(target: Path, inputs: dict[str, Any], config: dict[str, Any], result: Any) -> None:
+    """Write a derived artifact as {format_version, inputs, config, result}, atomically.
+
+    `inputs` names what the result was computed from (hashes of the input artifacts), `config` the
+    settings; together they are what `fresh_result` compares.
+    """
+    write_json_atomic(Path(target), {"format_version": ENVELOPE_FORMAT_VERSION, "inputs": _plain(inputs),
+                                     "config": _plain(config), "result": result})
+
+
+def fresh_result(target: Path, inputs: dict[str, Any], config: dict[str, Any],
+                 companions: tuple[Path, ...] | list[Path] = ()) -> Any | None:
+    """The one freshness rule: the stored result when `target` was made from these inputs and this config.
+
+    None (so: compute it again) when the file or one of its `companions` (a plot, a page) is missing,
+    unreadable, or records other inputs or another config.
+    """
+    target = Path(target)
+    if not target.is_file() or not all(Path(path).is_file() for path in companions):
+        return None
+    try:
+        document = json.loads(target.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(document, dict):
+        return None
+    same = document.get("inputs") == _plain(inputs) and document.get("config") == _plain(config)
+    return document.get("result") if same else None
+
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON would give it back (tuples become lists, paths strings), so comparisons are fair."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))

@@ -1,13 +1,14 @@
 """Write the analyses and the map as JSON + plots, skipping each one whose inputs and settings are unchanged.
 
-Every JSON document has the same envelope: `format_version`, `inputs` (what it was computed from:
-the traces' identity and count, the SAE's sha256), `config` and `result`. A re-run whose inputs and
-config match the file's leaves it (and its plot) alone.
+Every JSON document is the envelope of `thinklens.files` (`format_version`, `inputs`, `config`,
+`result`); `inputs` are the traces' identity and count and, for what is made from the feature
+database, the SAE's sha256 and a digest of the labels (shift and map show labels: re-labelling makes
+them stale). A re-run whose inputs and config match the file's leaves it (and its plot) alone
+(`files.fresh_result`, the one freshness rule).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,8 @@ from thinklens.analysis.sinks import SinkConfig, analyze_sinks, plot_sinks
 from thinklens.data.traces import TraceStore
 from thinklens.errors import ThinklensError
 from thinklens.features.db import FeatureDB
-from thinklens.files import write_json_atomic
-from thinklens.models.loader import LoadedModel, load_model
-
-OUTPUT_FORMAT_VERSION = 1
+from thinklens.files import fresh_result, write_envelope
+from thinklens.models.loader import LoadedModel, load_model, resolve_device
 
 
 class AnalyzeConfig(BaseModel):
@@ -36,6 +35,10 @@ class AnalyzeConfig(BaseModel):
     shift: ShiftConfig = Field(default_factory=ShiftConfig, description="Segment shift of the SAE's features.")
     skip_sinks: bool = Field(default=False, description="Leave out the sink analysis (it runs the model).")
     skip_shift: bool = Field(default=False, description="Leave out the segment shift (it needs sae/ and features.db).")
+    device: str = Field(
+        default="auto", description="Where the model (sinks) and the SAE (shift) run: 'auto' (cuda when available, "
+        "else cpu), 'cpu', 'cuda:1', ..."
+    )
 
 
 @dataclass
@@ -50,19 +53,20 @@ class AnalysisResult:
 def run_analyses(config: AnalyzeConfig, traces_dir: Path, activations_dir: Path, sae_dir: Path, db_path: Path,
                  out_dir: Path, show_progress: bool = True) -> AnalysisResult:
     """Prefix statistics, then sinks (model), then segment shift (SAE + DB), each into `out_dir`."""
+    resolve_device(config.device)  # a device this machine lacks fails before anything is written
     out_dir = Path(out_dir)
     outcome = AnalysisResult()
     traces = _traces_inputs(traces_dir)
     _run_one(outcome, "prefix", out_dir, traces, {}, lambda: _prefix(traces_dir, out_dir))
     if not config.skip_sinks:
         _run_one(outcome, "sinks", out_dir, traces, config.sinks.model_dump(mode="json"),
-                 lambda: _sinks(traces_dir, config.sinks, out_dir, show_progress))
+                 lambda: _sinks(traces_dir, config.sinks, out_dir, show_progress, config.device))
     if not config.skip_shift:
         if not Path(db_path).is_file():
             raise ThinklensError(f"the segment shift needs {db_path}: run `thinklens index` first, or pass --skip-shift")
         inputs = {**traces, **_sae_inputs(db_path)}
         _run_one(outcome, "shift", out_dir, inputs, config.shift.model_dump(mode="json"),
-                 lambda: _shift(sae_dir, activations_dir, db_path, config.shift, out_dir, show_progress))
+                 lambda: _shift(sae_dir, activations_dir, db_path, config.shift, out_dir, show_progress, config.device))
     return outcome
 
 
@@ -73,14 +77,14 @@ def write_feature_map(config: MapConfig, sae_dir: Path, db_path: Path, html_path
 
     html_path, png_path, json_path = Path(html_path), Path(png_path), Path(json_path)
     inputs = _sae_inputs(db_path)
-    existing = _up_to_date(json_path, inputs, config.model_dump(mode="json"), [html_path, png_path])
+    existing = fresh_result(json_path, inputs, config.model_dump(mode="json"), [html_path, png_path])
     if existing is not None:
         return existing, True
     layout: FeatureMap = feature_map(sae_dir, db_path, config)
     write_map_html(layout, html_path)
     plot_map(layout, png_path)
     result = layout.to_json()
-    _write(json_path, inputs, config.model_dump(mode="json"), result)
+    write_envelope(json_path, inputs, config.model_dump(mode="json"), result)
     return result, False
 
 
@@ -88,13 +92,13 @@ def _run_one(outcome: AnalysisResult, name: str, out_dir: Path, inputs: dict[str
              compute) -> None:
     json_path = out_dir / f"{name}.json"
     png_path = out_dir / f"{name}.png"
-    existing = _up_to_date(json_path, inputs, config, [png_path])
+    existing = fresh_result(json_path, inputs, config, [png_path])
     if existing is not None:
         outcome.skipped.append(name)
         outcome.results[name] = existing
         return
     result = compute()
-    _write(json_path, inputs, config, result)
+    write_envelope(json_path, inputs, config, result)
     outcome.written[name] = [json_path, png_path]
     outcome.results[name] = result
 
@@ -105,23 +109,23 @@ def _prefix(traces_dir: Path, out_dir: Path) -> dict[str, Any]:
     return report.to_json()
 
 
-def _sinks(traces_dir: Path, config: SinkConfig, out_dir: Path, show_progress: bool) -> dict[str, Any]:
-    loaded = _model_of(traces_dir)
+def _sinks(traces_dir: Path, config: SinkConfig, out_dir: Path, show_progress: bool, device: str) -> dict[str, Any]:
+    loaded = _model_of(traces_dir, device)
     report = analyze_sinks(loaded, traces_dir, config, show_progress=show_progress)
     plot_sinks(report, out_dir / "sinks.png")
     return report.to_json()
 
 
 def _shift(sae_dir: Path, activations_dir: Path, db_path: Path, config: ShiftConfig, out_dir: Path,
-           show_progress: bool) -> dict[str, Any]:
-    report, rates = segment_shift(sae_dir, activations_dir, db_path, config, show_progress=show_progress)
+           show_progress: bool, device: str) -> dict[str, Any]:
+    report, rates = segment_shift(sae_dir, activations_dir, db_path, config, show_progress=show_progress, device=device)
     plot_shift(report, rates, out_dir / "shift.png")
     return report.to_json()
 
 
-def _model_of(traces_dir: Path) -> LoadedModel:
-    """The model that wrote the traces, placed as it was (`auto`: the GPU when there is one)."""
-    return load_model(TraceStore(traces_dir).model_config())
+def _model_of(traces_dir: Path, device: str) -> LoadedModel:
+    """The model that wrote the traces, placed on `device` (`auto`: the GPU when there is one)."""
+    return load_model(TraceStore(traces_dir).model_config(device=device))
 
 
 def _traces_inputs(traces_dir: Path) -> dict[str, Any]:
@@ -133,25 +137,8 @@ def _traces_inputs(traces_dir: Path) -> dict[str, Any]:
 
 
 def _sae_inputs(db_path: Path) -> dict[str, Any]:
+    """What a result made from the feature database depends on: the SAE, the tokens it indexed, the labels."""
     with FeatureDB(db_path) as db:
         meta = db.meta()
-    return {"sae_sha256": meta.get("sae_sha256"), "indexed_tokens": meta.get("indexed_tokens")}
-
-
-def _up_to_date(json_path: Path, inputs: dict[str, Any], config: dict[str, Any],
-                companions: list[Path]) -> dict[str, Any] | None:
-    """The stored result when `json_path` was made from the same inputs and config and its files exist."""
-    if not json_path.is_file() or not all(Path(p).is_file() for p in companions):
-        return None
-    try:
-        document = json.loads(json_path.read_text())
-    except json.JSONDecodeError:
-        return None
-    same = document.get("inputs") == json.loads(json.dumps(inputs)) and document.get("config") == config
-    return document.get("result") if same else None
-
-
-def _write(json_path: Path, inputs: dict[str, Any], config: dict[str, Any], result: dict[str, Any]) -> None:
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(json_path, {"format_version": OUTPUT_FORMAT_VERSION, "inputs": inputs, "config": config,
-                                  "result": result})
+        labels = db.labels_digest()
+    return {"sae_sha256": meta.get("sae_sha256"), "indexed_tokens": meta.get("indexed_tokens"), "labels": labels}

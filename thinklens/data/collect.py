@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from thinklens.data.answers import answers_match, extract_answer, visible_text
 from thinklens.data.loaders import load_prompts
@@ -67,6 +67,11 @@ class CollectConfig(BaseModel):
     import_traces: bool = Field(
         default=False, description="Import the traces the data carries (e.g. OpenR1-Math generations) instead of generating."
     )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_spec(cls, value: Any) -> Any:
+        return {"model": value} if isinstance(value, str) else value  # `model: smollm2` in a YAML file
 
     def identity(self) -> dict[str, Any]:
         """What makes two collections the same run (the limit may grow between runs)."""

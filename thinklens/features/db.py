@@ -7,6 +7,7 @@ examples; a test checks that equality through DuckDB.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from dataclasses import dataclass, field
@@ -134,6 +135,15 @@ class FeatureDB:
                ORDER BY f.firing_count DESC LIMIT ?""",
             (pattern, pattern, limit),
         ))
+
+    def labels_digest(self) -> str:
+        """sha256 of every label with its author and version: what a page that shows labels was made from."""
+        digest = hashlib.sha256()
+        for row in self.connection.execute(
+            "SELECT feature_id, label, model_name, prompt_version FROM autointerp ORDER BY feature_id"
+        ):
+            digest.update(json.dumps(row).encode())
+        return digest.hexdigest()
 
     def labels(self, feature_ids: list[int]) -> dict[int, str]:
         marks = ",".join("?" * len(feature_ids))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from thinklens.activations.capture import run_to_layers
+from thinklens.models.layers import n_layers
 from thinklens.models.loader import LoadedModel
 from thinklens.sae.formats import check_width
+from thinklens.sae.layer import resolve_sae_layer
 from thinklens.sae.sae import Sae
 
 
@@ -20,13 +23,19 @@ class TokenFeatures:
 
 
 @torch.no_grad()
-def explain_text(loaded: LoadedModel, sae: Sae, text: str, top: int = 5, massive_ratio: float = 5.0) -> list[TokenFeatures]:
-    """Per token of `text`: its `top` active features (feature_id, activation)."""
-    layer = sae.config.layer if sae.config.layer is not None else 0
+def explain_text(loaded: LoadedModel, sae: Sae, text: str, top: int = 5, massive_ratio: float = 5.0,
+                 layer: int | None = None) -> list[TokenFeatures]:
+    """Per token of `text`: its `top` active features (feature_id, activation).
+
+    The layer is the SAE's own; `layer` is needed only for an SAE that names none (e.g. the layer
+    its feature database was indexed on) and may not contradict it.
+    """
+    layer = resolve_sae_layer(sae.config.layer, range(n_layers(loaded.model)), layer,
+                              holder=f"the model {loaded.spec.name}", harvestable=False)
     encoded = loaded.tokenizer(text, return_tensors="pt").to(loaded.device)
     hidden = run_to_layers(loaded.model, encoded["input_ids"], encoded["attention_mask"], [layer])[layer][0]
     check_width(sae, hidden.shape[-1], f"layer {layer} of {loaded.spec.name}")
-    hidden = hidden.float().cpu()
+    hidden = hidden.float().to(sae.device)
     norms = hidden.norm(dim=-1)
     massive = norms > massive_ratio * norms.median()
     acts = sae.encode(hidden, batch_dependent=False).dense()  # (n_tokens, d_sae)
@@ -36,3 +45,23 @@ def explain_text(loaded: LoadedModel, sae: Sae, text: str, top: int = 5, massive
         pairs = [(int(f), float(v)) for v, f in zip(best.values[position], best.indices[position], strict=True) if v > 0]
         result.append(TokenFeatures(loaded.tokenizer.decode([token_id]), bool(massive[position]), pairs))
     return result
+
+
+def explain_run_text(traces_dir: Path, sae_dir: Path, db_path: Path, text: str, top: int = 5) -> list[TokenFeatures]:
+    """`explain_text` with a run's own model (the traces' model, else the SAE's) and its SAE.
+
+    An SAE that names no layer is read at the layer its feature database was indexed on.
+    """
+    from thinklens.data.traces import TraceStore
+    from thinklens.features.db import FeatureDB
+    from thinklens.models.loader import ModelConfig, load_model
+    from thinklens.sae.formats import load_sae
+
+    sae = load_sae(sae_dir)
+    traces = TraceStore(traces_dir)
+    model = traces.model_config() if traces.meta() else ModelConfig(model=sae.config.model or "smollm2")
+    indexed_layer = None
+    if sae.config.layer is None and Path(db_path).is_file():
+        with FeatureDB(db_path) as db:
+            indexed_layer = db.meta().get("layer")
+    return explain_text(load_model(model), sae, text, top=top, layer=indexed_layer)

@@ -4,7 +4,8 @@ Sections: run summary (model, layer, tokens, SAE metrics), prefix statistics, ma
 attention sinks, segment shift, the most segment-specific features with their top examples, the
 feature map (static image embedded, interactive map.html linked), the steering sweep (plots and
 regime table), and the commands that reproduce each part. Images are embedded as data URIs. The page
-is rebuilt only when one of the files it is made from changed (their sha256 is kept in a meta tag).
+is rebuilt only when one of the files it is made from changed (their sha256 are kept in
+RUN/analysis/report.json, the same envelope every derived artifact has).
 """
 
 from __future__ import annotations
@@ -13,18 +14,18 @@ import base64
 import hashlib
 import html
 import json
-import re
 from pathlib import Path
 from typing import Any
 
-import yaml
+from pydantic import BaseModel, ConfigDict
 
-from thinklens.data.traces import TraceStore, summarize_traces
+from thinklens.data.traces import summarize_traces
 from thinklens.errors import ThinklensError
-from thinklens.files import atomic_path
+from thinklens.files import atomic_path, fresh_result, write_envelope
+from thinklens.pipeline.rundir import RunDir
+from thinklens.pipeline.stage import Stage, StageResult
 
 SECTIONS = ("summary", "prefix", "sinks", "shift", "features", "map", "steering", "reproduce")
-INPUTS_META = re.compile(r'<meta name="thinklens-inputs" content="([0-9a-f]{64})">')
 
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; margin: 0 auto; max-width: 1180px;
@@ -50,73 +51,66 @@ window.addEventListener('load', () => {
 """
 
 
-def write_report(run: Path, path: Path | None = None) -> tuple[Path, bool]:
-    """Write RUN/report.html from the run's artifacts; returns (path, skipped because nothing changed)."""
-    run = Path(run)
-    path = Path(path) if path else run / "report.html"
-    inputs = _input_files(run)
-    digest = _digest(inputs)
-    if path.is_file():
-        found = INPUTS_META.search(path.read_text(encoding="utf-8", errors="replace")[:4096])
-        if found and found.group(1) == digest:
-            return path, True
-    page = render_report(run, digest)
-    with atomic_path(path) as temp:
+def write_report(rundir: RunDir) -> tuple[Path, bool]:
+    """Write RUN/report.html from the run's artifacts; returns (path, skipped because nothing changed).
+
+    The page's inputs are the files it is made from; their sha256 go into the envelope
+    RUN/analysis/report.json, so an unchanged run keeps its page.
+    """
+    inputs = {str(path.relative_to(rundir.root)): hashlib.sha256(path.read_bytes()).hexdigest()
+              for path in _input_files(rundir)}
+    if fresh_result(rundir.report_json, inputs, {}, [rundir.report_html]) is not None:
+        return rundir.report_html, True
+    page = render_report(rundir)
+    with atomic_path(rundir.report_html) as temp:
         temp.write_text(page, encoding="utf-8")
-    return path, False
+    write_envelope(rundir.report_json, inputs, {}, {"bytes": len(page.encode())})
+    return rundir.report_html, False
 
 
-def render_report(run: Path, digest: str = "0" * 64) -> str:
+def render_report(rundir: RunDir) -> str:
     """The report page as a string."""
-    run = Path(run)
-    if not (run / "traces").is_dir():
+    run = rundir.root
+    if not rundir.traces.is_dir():
         raise ThinklensError(f"{run} holds no traces: run `thinklens run --out {run}` first")
-    facts = _load(run)
+    facts = _load(rundir)
     body = [
         f"<h1>thinklens report · {html.escape(str(facts['title']))}</h1>",
         f"<p class=muted>run directory <code>{html.escape(str(run.resolve()))}</code></p>",
         "<nav>" + "".join(f"<a href='#{name}'>{name}</a>" for name in SECTIONS) + "</nav>",
-        _summary(facts), _prefix(run, facts), _sinks(run, facts), _shift(run, facts), _features(facts),
-        _map(run, facts), _steering(run, facts), _reproduce(run, facts),
+        _summary(facts), _prefix(rundir, facts), _sinks(rundir, facts), _shift(rundir, facts), _features(facts),
+        _map(rundir, facts), _steering(rundir, facts), _reproduce(rundir, facts),
     ]
     return (
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
-        f'<meta name="thinklens-inputs" content="{digest}">'
         f"<title>thinklens report · {html.escape(str(facts['title']))}</title><style>{STYLE}</style></head>"
         f"<body>{''.join(body)}<script>{IMAGE_CHECK}</script></body></html>\n"
     )
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def _input_files(run: Path) -> list[Path]:
-    names = ["run.yaml", "sae/eval.json", "sae/cfg.json", "analysis/prefix.json", "analysis/sinks.json",
-             "analysis/shift.json", "analysis/map.json", "analysis/prefix.png", "analysis/sinks.png",
-             "analysis/shift.png", "map.png", "traces/_meta.json"]
-    files = [run / name for name in names if (run / name).is_file()]
-    files += sorted((run / "traces").glob("part-*.parquet"))
-    files += sorted(p for p in (run / "sweeps").glob("*/*") if p.suffix in (".json", ".png"))
+def _input_files(rundir: RunDir) -> list[Path]:
+    """Every file the page shows something of (the traces, the SAE, eval, analyses, map, sweeps)."""
+    named = [rundir.run_yaml, rundir.eval_json, rundir.sae_cfg, rundir.map_png, rundir.trace_store.meta_path]
+    named += [rundir.analysis_json(name) for name in ("prefix", "sinks", "shift", "map")]
+    named += [rundir.analysis_png(name) for name in ("prefix", "sinks", "shift")]
+    files = [path for path in named if path.is_file()]
+    files += rundir.trace_store.parts()
+    files += sorted(p for p in rundir.sweeps.glob("*/*") if p.suffix in (".json", ".png") and p.name != "sweep.json")
     return files
 
 
-def _digest(files: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(str(file.name).encode())
-        digest.update(hashlib.sha256(file.read_bytes()).digest())
-    return digest.hexdigest()
-
-
-def _load(run: Path) -> dict[str, Any]:
+def _load(rundir: RunDir) -> dict[str, Any]:
     def result(name: str) -> dict[str, Any] | None:
-        path = run / "analysis" / f"{name}.json"
+        path = rundir.analysis_json(name)
         return json.loads(path.read_text())["result"] if path.is_file() else None
 
-    run_yaml = yaml.safe_load((run / "run.yaml").read_text()) if (run / "run.yaml").is_file() else {}
-    sae_cfg = json.loads((run / "sae" / "cfg.json").read_text()) if (run / "sae" / "cfg.json").is_file() else {}
+    run_yaml = rundir.record().model_dump(mode="json")
+    sae_cfg = json.loads(rundir.sae_cfg.read_text()) if rundir.sae_cfg.is_file() else {}
     sweeps = []
-    for summary in sorted((run / "sweeps").glob("*/summary.json")):
+    for summary in sorted(rundir.sweeps.glob("*/summary.json")):
         sweeps.append({"directory": summary.parent, **json.loads(summary.read_text())})
-    store = TraceStore(run / "traces")
+    store = rundir.trace_store
     model = ((store.meta() or {}).get("identity", {}).get("model", {}) or {}).get("model", "?")
     layer = sae_cfg.get("thinklens", {}).get("layer", sae_cfg.get("hook_layer", "?"))
     return {
@@ -125,11 +119,19 @@ def _load(run: Path) -> dict[str, Any]:
         "layer": layer,
         "run_yaml": run_yaml or {},
         "sae_cfg": sae_cfg,
-        "eval": json.loads((run / "sae" / "eval.json").read_text()) if (run / "sae" / "eval.json").is_file() else None,
+        "eval": _eval_result(rundir.eval_json),
         "traces": summarize_traces(store) if store.meta() else {},
         "prefix": result("prefix"), "sinks": result("sinks"), "shift": result("shift"), "map": result("map"),
         "sweeps": sweeps,
     }
+
+
+def _eval_result(path: Path) -> dict[str, Any] | None:
+    """eval.json's report: the envelope's result (the first layout kept the report at the top level)."""
+    if not path.is_file():
+        return None
+    document = json.loads(path.read_text())
+    return document["result"] if "result" in document else document
 
 
 # ----------------------------------------------------------------------------------------- pieces
@@ -183,15 +185,20 @@ def _summary(facts: dict[str, Any]) -> str:
         overall, lm = evaluation["overall"], evaluation.get("lm") or {}
         rows += [
             ["held-out FVU", _num(overall["fvu"])], ["L0", f"{overall['l0']:.1f}"],
-            ["dead / dense features", f"{_pct(overall.get('dead_fraction'))} / {_pct(overall.get('dense_fraction'))}"],
+            ["dead / dense features (held-out)", f"{_pct(overall.get('dead_fraction'))} / "
+             f"{_pct(overall.get('dense_fraction'))} on {overall.get('tokens', 0):,} tokens"],
         ]
+        if evaluation.get("dead_fraction_training") is not None:
+            rows.append(["dead over the training window", f"{_pct(evaluation['dead_fraction_training'])} (no firing in "
+                         f"the last {evaluation['dead_window_tokens']:,} training tokens)"])
         if lm:
             rows.append(["next-token loss clean → spliced (recovered)",
                          f"{lm['clean']:.3f} → {lm['spliced']:.3f} ({_pct(lm['loss_recovered'])})"])
     return _section("summary", "Run summary", _table(["", ""], rows))
 
 
-def _prefix(run: Path, facts: dict[str, Any]) -> str:
+def _prefix(rundir: RunDir, facts: dict[str, Any]) -> str:
+    run = rundir.root
     prefix = facts["prefix"]
     if not prefix:
         return _section("prefix", "Prefix statistics", _missing(f"thinklens analyze {run}"))
@@ -204,10 +211,11 @@ def _prefix(run: Path, facts: dict[str, Any]) -> str:
             for s in [prefix["overall"], *prefix["by_source"]]]
     table = _table(["prompt set", "traces", "opens with 'Okay,'", "prefix matched", "prefix tokens (median)",
                     "p90", "top openings"], rows)
-    return _section("prefix", "Prefix statistics", note, table, _image(run / "analysis" / "prefix.png", "prefix"))
+    return _section("prefix", "Prefix statistics", note, table, _image(rundir.analysis_png("prefix"), "prefix"))
 
 
-def _sinks(run: Path, facts: dict[str, Any]) -> str:
+def _sinks(rundir: RunDir, facts: dict[str, Any]) -> str:
+    run = rundir.root
     sinks = facts["sinks"]
     if not sinks:
         return _section("sinks", "Massive activations and attention sinks", _missing(f"thinklens analyze {run}"))
@@ -220,10 +228,11 @@ def _sinks(run: Path, facts: dict[str, Any]) -> str:
     table = _table(["place", "positions", "norm / median (peak layer)", "attention received", "sink share of heads",
                     "share of all sinks", "share of sinks after the first token"], rows)
     return _section("sinks", "Massive activations and attention sinks", intro, table,
-                    _image(run / "analysis" / "sinks.png", "sinks"))
+                    _image(rundir.analysis_png("sinks"), "sinks"))
 
 
-def _shift(run: Path, facts: dict[str, Any]) -> str:
+def _shift(rundir: RunDir, facts: dict[str, Any]) -> str:
+    run = rundir.root
     shift = facts["shift"]
     if not shift:
         return _section("shift", "Segment shift", _missing(f"thinklens analyze {run}"))
@@ -234,7 +243,7 @@ def _shift(run: Path, facts: dict[str, Any]) -> str:
         "shift", "Segment shift",
         f"<p>Tokens per segment: {html.escape(tokens)}. Jensen–Shannon divergence (bits) between the segments' "
         "feature distributions, 95 % bootstrap over sequences:</p>",
-        _table(["segments", "JSD", "interval"], rows), _image(run / "analysis" / "shift.png", "shift"),
+        _table(["segments", "JSD", "interval"], rows), _image(rundir.analysis_png("shift"), "shift"),
     )
 
 
@@ -257,19 +266,21 @@ def _features(facts: dict[str, Any]) -> str:
     return _section("features", "Segment-specific features", *parts)
 
 
-def _map(run: Path, facts: dict[str, Any]) -> str:
+def _map(rundir: RunDir, facts: dict[str, Any]) -> str:
+    run = rundir.root
     layout = facts["map"]
     if not layout:
         return _section("map", "Feature map", _missing(f"thinklens map {run}"))
     link = "<p><a href='map.html'>Open the interactive map (map.html)</a>: hover for labels, search by text.</p>" \
-        if (run / "map.html").is_file() else ""
+        if rundir.map_html.is_file() else ""
     return _section("map", "Feature map",
                     f"<p>{layout['live']:,} live features of {layout['features']:,} ({layout['dead']:,} dead, left "
                     "out); UMAP of decoder directions under cosine distance, coloured by the segment where each fires "
-                    "most.</p>", link, _image(run / "map.png", "feature map"))
+                    "most.</p>", link, _image(rundir.map_png, "feature map"))
 
 
-def _steering(run: Path, facts: dict[str, Any]) -> str:
+def _steering(rundir: RunDir, facts: dict[str, Any]) -> str:
+    run = rundir.root
     if not facts["sweeps"]:
         return _section("steering", "Steering sweep", _missing(f"thinklens sweep {run} --feature F"))
     parts = []
@@ -291,7 +302,8 @@ def _steering(run: Path, facts: dict[str, Any]) -> str:
     return _section("steering", "Steering sweep", *parts)
 
 
-def _reproduce(run: Path, facts: dict[str, Any]) -> str:
+def _reproduce(rundir: RunDir, facts: dict[str, Any]) -> str:
+    run = rundir.root
     commands = [
         f"thinklens run --config {run}/run.yaml --out {run}    # everything; finished stages are skipped",
         f"thinklens run --config {run}/run.yaml --out {run} --from analyze    # redo analyze and what follows",
@@ -306,3 +318,28 @@ def _reproduce(run: Path, facts: dict[str, Any]) -> str:
                     "<p>Every setting that ran is in <code>run.yaml</code> (section <code>config</code>: the options "
                     "of each stage; <code>stages</code>: what each resolved to).</p>",
                     "<pre>" + html.escape("\n".join(commands)) + "</pre>")
+
+
+def run(config: ReportConfig, rundir: RunDir, progress: bool = True) -> StageResult:
+    """Write report.html unless none of the files it shows changed."""
+    path, skipped = write_report(rundir)
+    if skipped:
+        return StageResult.nothing_to_do(f"{path} is up to date")
+    return StageResult(skipped=False, headline=f"report: {path}", written=[path])
+
+
+class ReportConfig(BaseModel):
+    """The report has no settings (yet): it shows what the run holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+STAGE = Stage(
+    name="report",
+    config=ReportConfig,
+    run=run,
+    help="Write RUN/report.html: one self-contained page with every section of the run.",
+    reads=("run_yaml", "traces", "sae", "eval_json", "analysis", "map_png", "sweeps"),
+    writes=("report_html", "report_json"),
+    recorded=False,  # run.yaml is one of its inputs: recording itself there would make it stale at once
+)

@@ -62,9 +62,14 @@ class SteeringSpec(BaseModel):
     @field_validator("policy")
     @classmethod
     def _known_policy(cls, policy: str) -> str:
-        if policy in POLICIES or (policy.startswith("index:") and policy[6:].isdigit()):
-            return policy
-        raise ValueError(f"unknown position policy '{policy}': use {', '.join(POLICIES)} or index:N")
+        return check_policy(policy)
+
+
+def check_policy(policy: str) -> str:
+    """`policy` if it names a position policy; a ValueError naming the valid ones otherwise."""
+    if policy in POLICIES or (policy.startswith("index:") and policy[6:].isdigit()):
+        return policy
+    raise ValueError(f"unknown position policy '{policy}': use {', '.join(POLICIES)} or index:N")
 
 
 class SteeringHook:
@@ -116,7 +121,7 @@ class SteeringHook:
                         f"feature {edit.feature} never fired in the feature database, so its typical maximum is unknown: "
                         "give --absolute strengths or another feature"
                     )
-                vector = self._direction(edit.feature) * edit.strength * unit
+                vector = self._direction(edit.feature).cpu() * edit.strength * unit  # with raw directions: on CPU
             additive = vector if additive is None else additive + vector
         return additive, per_token
 
@@ -188,7 +193,7 @@ class SteeringHook:
             edited[mask] += self._additive.to(hidden.device, hidden.dtype)
         if self._feature_edits:
             selected = edited[mask].float()  # (n_selected, d_model)
-            acts = self.sae.encode(selected, batch_dependent=False).dense()
+            acts = self.sae.encode(selected.to(self.sae.device), batch_dependent=False).dense().to(selected.device)
             for feature, edit in self._feature_edits:
                 current = acts[:, feature]
                 target = torch.full_like(current, edit.strength) if edit.mode == "clamp" else current * edit.strength

@@ -1,0 +1,1 @@
+"""One module per pipeline stage: `run(config, rundir, progress) -> StageResult` and its `STAGE`."""
