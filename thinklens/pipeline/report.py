@@ -24,6 +24,7 @@ from thinklens.errors import ThinklensError
 from thinklens.files import atomic_path, fresh_result, write_envelope
 from thinklens.pipeline.rundir import RunDir
 from thinklens.pipeline.stage import Stage, StageResult
+from thinklens.sae.formats import read_sae_card
 
 SECTIONS = ("summary", "prefix", "sinks", "shift", "features", "map", "steering", "reproduce")
 
@@ -106,19 +107,19 @@ def _load(rundir: RunDir) -> dict[str, Any]:
         return json.loads(path.read_text())["result"] if path.is_file() else None
 
     run_yaml = rundir.record().model_dump(mode="json")
-    sae_cfg = json.loads(rundir.sae_cfg.read_text()) if rundir.sae_cfg.is_file() else {}
+    card = read_sae_card(rundir.sae) if rundir.sae_cfg.is_file() else None
     sweeps = []
     for summary in sorted(rundir.sweeps.glob("*/summary.json")):
         sweeps.append({"directory": summary.parent, **json.loads(summary.read_text())})
     store = rundir.trace_store
-    model = ((store.meta() or {}).get("identity", {}).get("model", {}) or {}).get("model", "?")
-    layer = sae_cfg.get("thinklens", {}).get("layer", sae_cfg.get("hook_layer", "?"))
+    model = store.model_config().model if store.meta() else "?"
+    layer = "?" if card is None or card.config.layer is None else card.config.layer
     return {
         "title": f"{model} · layer {layer}",
         "model": model,
         "layer": layer,
         "run_yaml": run_yaml or {},
-        "sae_cfg": sae_cfg,
+        "sae": card,
         "eval": _eval_result(rundir.eval_json),
         "traces": summarize_traces(store) if store.meta() else {},
         "prefix": result("prefix"), "sinks": result("sinks"), "shift": result("shift"), "map": result("map"),
@@ -170,15 +171,14 @@ def _num(value: Any, digits: int = 3) -> str:
 def _summary(facts: dict[str, Any]) -> str:
     traces, stages = facts["traces"], facts["run_yaml"].get("stages", {})
     harvested = stages.get("harvest", {}).get("resolved", {}).get("tokens")
-    cfg = facts["sae_cfg"]
+    sae = facts["sae"].config if facts["sae"] is not None else None
     rows = [
         ["model", html.escape(str(facts["model"]))],
-        ["layer (SAE hook)", html.escape(str(cfg.get("thinklens", {}).get("hook_name", facts["layer"])))],
+        ["layer (SAE hook)", html.escape(str(sae.hook_name if sae is not None and sae.hook_name else facts["layer"]))],
         ["traces", f"{traces.get('traces', 0):,}"],
         ["generated tokens", f"{int(traces.get('generated_tokens', 0)):,}" if traces else "–"],
         ["harvested tokens", f"{harvested:,}" if harvested else "–"],
-        ["SAE", html.escape(f"{cfg.get('thinklens', {}).get('arch', cfg.get('architecture', '?'))}, "
-                            f"{cfg.get('d_in', '?')} → {cfg.get('d_sae', '?')}, k {cfg.get('thinklens', {}).get('k', '–')}")],
+        ["SAE", html.escape(f"{sae.arch}, {sae.d_in} → {sae.d_sae}, k {sae.k or '–'}" if sae is not None else "–")],
     ]
     evaluation = facts["eval"]
     if evaluation:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from safetensors.torch import load_file, save_file
 
 from thinklens.errors import ThinklensError
@@ -111,16 +112,48 @@ def sae_metadata(directory: Path) -> dict[str, Any]:
     return json.loads((Path(directory) / CFG_FILE).read_text()).get("thinklens", {})
 
 
-def from_saelens(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Sae:
-    """An untied SAE from SAELens keys only (what any SAELens-layout file carries)."""
+class SaeCard(BaseModel):
+    """What a saved SAE's cfg.json says, whichever layout wrote it: ours, or SAELens keys only."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    format_version: int = Field(default=0, description="thinklens' cfg.json version; 0: a foreign SAELens file.")
+    config: SaeConfig = Field(description="Architecture, widths, k, model and layer.")
+    training: dict[str, Any] | None = Field(default=None, description="The TrainConfig that trained it.")
+    steps: int | None = Field(default=None, description="Training steps taken.")
+    final: dict[str, float] | None = Field(default=None, description="The last training batch's loss, FVU, L0, dead.")
+    dead_features: dict[str, Any] | None = Field(default=None, description="Dead over the training window.")
+
+
+def read_sae_card(directory: Path) -> SaeCard:
+    """The typed cfg.json of the SAE in `directory` (without loading its weights)."""
+    path = Path(directory) / CFG_FILE
+    if not path.is_file():
+        raise ThinklensError(f"no SAE in {directory}: expected {CFG_FILE} (run `thinklens train`)")
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ThinklensError(f"{path} is corrupt ({exc}): re-train or re-download the SAE") from exc
+    own = cfg.get("thinklens")
+    if own is None:
+        return SaeCard(config=_saelens_config(cfg))
+    config = SaeConfig(**{key: own[key] for key in SaeConfig.model_fields if key in own})
+    return SaeCard.model_validate({**own, "config": config})
+
+
+def _saelens_config(cfg: dict[str, Any]) -> SaeConfig:
     architecture = cfg.get("architecture", "standard")
     k = (cfg.get("activation_fn_kwargs") or {}).get("k")
     arch = {"topk": "topk", "batchtopk": "batchtopk", "standard": "relu"}.get(architecture)
     if arch is None:
         raise ThinklensError(f"SAELens architecture '{architecture}' is not supported: use topk, batchtopk or standard")
-    config = SaeConfig(arch=arch, d_in=cfg["d_in"], d_sae=cfg["d_sae"], k=k, model=cfg.get("model_name"),
-                       layer=cfg.get("hook_layer"))
-    sae = Sae(config)
+    return SaeConfig(arch=arch, d_in=cfg["d_in"], d_sae=cfg["d_sae"], k=k, model=cfg.get("model_name"),
+                     layer=cfg.get("hook_layer"))
+
+
+def from_saelens(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Sae:
+    """An untied SAE from SAELens keys only (what any SAELens-layout file carries)."""
+    sae = Sae(_saelens_config(cfg))
     b_enc = tensors["b_enc"].float()
     if cfg.get("apply_b_dec_to_input"):  # (x − b_dec)·W_enc + b_enc, folded into the encoder bias
         b_enc = b_enc - tensors["b_dec"].float() @ tensors["W_enc"].float()
