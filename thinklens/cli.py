@@ -22,6 +22,7 @@ from rich.text import Text
 
 from thinklens import __version__
 from thinklens.errors import ThinklensError
+from thinklens.pipeline.stage import Stage, StageResult
 
 console = Console()
 err_console = Console(stderr=True)
@@ -73,7 +74,7 @@ def print_facts(title: str, facts: dict[str, str]) -> None:
     console.print(table)
 
 
-def print_result(result: Any) -> None:
+def print_result(result: StageResult) -> None:
     """A stage's result: its facts (or its one line), its tables, its notes."""
     if result.facts:
         print_facts(result.headline, result.facts)
@@ -134,12 +135,12 @@ class _Printer(RunObserver):
     def __init__(self, from_stage: str | None) -> None:
         self.from_stage = from_stage
 
-    def stage_started(self, number: int, total: int, stage: Any, removed: list[Path]) -> None:
+    def stage_started(self, number: int, total: int, stage: Stage, removed: list[Path]) -> None:
         console.rule(f"[bold]{number}/{total} {stage.name}")
         for path in removed:
             console.print(f"--from {self.from_stage}: removed {path}", highlight=False)
 
-    def stage_finished(self, stage: Any, result: Any) -> None:
+    def stage_finished(self, stage: Stage, result: StageResult) -> None:
         print_result(result)
 
 

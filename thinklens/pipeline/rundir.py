@@ -151,7 +151,8 @@ class RunDir:
         """The artifact's path; a one-line error naming the stage to run when it is missing."""
         path = self.artifact(name)
         if not path.exists():
-            raise ThinklensError(f"no {path.name} in {self.root}: run `thinklens {stage} {self.root}` first")
+            target = f"--out {self.root}" if stage == "collect" else str(self.root)
+            raise ThinklensError(f"no {path.name} in {self.root}: run `thinklens {stage} {target}` first")
         return path
 
     # ------------------------------------------------------------------------------ run.yaml

@@ -54,6 +54,7 @@ def run(config: SweepStageConfig, rundir: RunDir, progress: bool = True) -> Stag
     feature = config.feature if config.feature != "auto" else enriched_feature(rundir)
     sweep = SweepConfig(**{**config.model_dump(exclude={"name"}), "feature": feature})
     directory = rundir.sweep_dir(config.name or f"feature-{feature}")
+    rundir.require("traces", "collect")
     rundir.require("sae_weights", "train")
     inputs = {"sae_sha256": file_sha256(rundir.sae_weights), "traces": rundir.trace_store.meta()["identity"]}
     envelope = directory / "sweep.json"
