@@ -48,6 +48,21 @@ def remove_stale_temps(directory: Path) -> int:
 
 # ------------------------------------------------------------------------------------ envelopes
 ENVELOPE_FORMAT_VERSION = 1
+PLACEMENT_FIELDS = frozenset({"device"})  # where a result is computed, not what it is: never compared
+
+
+def result_settings(config: Any) -> dict[str, Any]:
+    """The settings that decide a result: a pydantic config as JSON, without its placement (`device`).
+
+    What an envelope's `config`, a trained SAE's record and a database's arguments hold, so a run may
+    resume or be re-checked on another device.
+    """
+    return config.model_dump(mode="json", exclude=PLACEMENT_FIELDS & set(type(config).model_fields))
+
+
+def without_placement(recorded: dict[str, Any]) -> dict[str, Any]:
+    """Recorded settings (which may predate this rule and hold `device`) without their placement."""
+    return {key: value for key, value in recorded.items() if key not in PLACEMENT_FIELDS}
 
 
 def write_envelope(target: Path, inputs: dict[str, Any], config: dict[str, Any], result: Any) -> None:

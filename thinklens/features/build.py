@@ -30,7 +30,7 @@ from thinklens.features.db import FeatureDB
 from thinklens.features.labels import HEURISTIC_MODEL, HEURISTIC_VERSION, heuristic_labels
 from thinklens.features.schema import migrate
 from thinklens.features.topk import TopPerFeature
-from thinklens.files import atomic_path
+from thinklens.files import atomic_path, result_settings, without_placement
 from thinklens.models.loader import load_model, resolve_device
 from thinklens.progress import progress_bar
 from thinklens.sae.formats import WEIGHTS_FILE, check_width, load_sae
@@ -63,7 +63,6 @@ class IndexConfig(BaseModel):
     )
 
 
-PLACEMENT_FIELDS = {"device"}  # where the index is computed, not what it holds: not compared on re-runs
 
 
 @dataclass
@@ -180,16 +179,11 @@ def _existing_index(db_path: Path, sae_dir: Path, config: IndexConfig) -> IndexR
     except sqlite3.DatabaseError:
         return None
     same_sae = meta.get("sae_sha256") == _sha256(Path(sae_dir) / WEIGHTS_FILE)
-    arguments = {key: value for key, value in (meta.get("arguments") or {}).items() if key not in PLACEMENT_FIELDS}
-    if not same_sae or {**_ADDED_DEFAULTS, **arguments} != _settings(config):
+    arguments = without_placement(meta.get("arguments") or {})
+    if not same_sae or {**_ADDED_DEFAULTS, **arguments} != result_settings(config):
         return None
     return IndexResult(db_path, int(meta["tokens"]), int(meta["indexed_tokens"]), 0.0, db_path.stat().st_size,
                        skipped=True)
-
-
-def _settings(config: IndexConfig) -> dict[str, Any]:
-    """The settings that decide the database: the config without its placement."""
-    return config.model_dump(mode="json", exclude=PLACEMENT_FIELDS)
 
 
 _ADDED_DEFAULTS = {"layer": None}  # fields added since the first databases: what those were built with
@@ -331,6 +325,6 @@ def _insert_meta(connection: sqlite3.Connection, sae_dir: Path, sae: Sae, layer:
         "sae_sha256": weights_hash,
         "tokens": tokens,
         "indexed_tokens": indexed,
-        "arguments": _settings(config),
+        "arguments": result_settings(config),
     }
     connection.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", ((k, json.dumps(v)) for k, v in meta.items()))

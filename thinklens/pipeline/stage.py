@@ -63,7 +63,3 @@ class Stage:
     needs_section: bool = False  # the config has required fields: a run config must set them
     recorded: bool = True  # a run that did work is written to run.yaml's `stages`
 
-
-def freshness_config(config: BaseModel) -> dict[str, Any]:
-    """The settings that decide a result: the config without where it runs (`device`)."""
-    return config.model_dump(mode="json", exclude={"device"} & set(type(config).model_fields))

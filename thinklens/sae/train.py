@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from thinklens.activations.reader import ActivationReader, ReaderConfig
 from thinklens.activations.store import ActivationManifest, ActivationStore
 from thinklens.errors import ThinklensError, refuse_other_identity
-from thinklens.files import atomic_path
+from thinklens.files import atomic_path, result_settings, without_placement
 from thinklens.models.loader import resolve_device
 from thinklens.progress import progress_bar
 from thinklens.sae.formats import CFG_FILE, sae_metadata, save_sae
@@ -37,7 +37,6 @@ from thinklens.sae.sae import Arch, Sae, SaeConfig, SaeOutput, SparseCodes
 
 CHECKPOINT_FILE = "checkpoint.pt"
 LOG_FILE = "training_log.jsonl"
-PLACEMENT_FIELDS = {"device"}  # where a run trains, not what it trains: left out of the settings compared
 
 
 class TrainConfig(BaseModel):
@@ -156,7 +155,7 @@ def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progre
             if trainer.step % config.checkpoint_every == 0 and trainer.step < total_steps:
                 trainer.save_checkpoint(checkpoint)
     final = {"loss": stats.loss, "fvu": stats.fvu, "l0": stats.l0, "dead_fraction": stats.dead_fraction}
-    metadata = {"training": _settings(config), "steps": trainer.step, "final": final,
+    metadata = {"training": result_settings(config), "steps": trainer.step, "final": final,
                 "dead_features": trainer.dead_record()}
     save_sae(trainer.sae, Path(sae_dir), metadata=metadata)
     checkpoint.unlink(missing_ok=True)
@@ -173,24 +172,18 @@ def _finished_training(sae_dir: Path, config: TrainConfig) -> TrainResult | None
     if not (sae_dir / CFG_FILE).is_file():
         return None
     metadata = sae_metadata(sae_dir)
-    refuse_other_identity(sae_dir, _settings_of_record(metadata.get("training", {})), _settings(config),
+    refuse_other_identity(sae_dir, _settings_of_record(metadata.get("training", {})), result_settings(config),
                           "an SAE trained with other settings", f"remove {sae_dir} or train into another run")
     steps = int(metadata.get("steps", 0))
     return TrainResult(sae_dir, steps, steps * (config.batch_size or 0), 0.0, metadata.get("final", {}),
                        config.batch_size or 0, skipped=True)
 
 
-def _settings(config: TrainConfig) -> dict[str, Any]:
-    """The settings that decide the SAE (the config without its placement): what a finished SAE and a
-    checkpoint record and what a re-run must match."""
-    return config.model_dump(mode="json", exclude=PLACEMENT_FIELDS)
-
-
 def _settings_of_record(recorded: dict[str, Any]) -> dict[str, Any]:
     """Recorded settings in today's terms: without placement, and with the defaults of fields added
     since (an SAE trained before `dtype` existed trained in float32 on CPU, which is what 'auto' is there)."""
     added = {"dtype": TrainConfig.model_fields["dtype"].default}
-    return {**added, **{key: value for key, value in recorded.items() if key not in PLACEMENT_FIELDS}}
+    return {**added, **without_placement(recorded)}
 
 
 @contextmanager
@@ -315,14 +308,14 @@ class _Trainer:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "tokens_since_fired": self.tokens_since_fired,
-            "training": _settings(self.config),
+            "training": result_settings(self.config),
         }
         with atomic_path(path) as temp:
             torch.save(state, temp)
 
     def load_checkpoint(self, path: Path, config: TrainConfig) -> None:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        if _settings_of_record(state["training"]) != _settings(config):
+        if _settings_of_record(state["training"]) != result_settings(config):
             raise ThinklensError(f"{path} belongs to a run with other settings: remove it to start over")
         self.sae.config = SaeConfig(**state["sae_config"])
         self.sae.load_state_dict(state["sae"])

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from thinklens.files import fresh_result, write_envelope
+from thinklens.files import fresh_result, result_settings, write_envelope
 from thinklens.models.loader import file_sha256
 from thinklens.pipeline.rundir import RunDir
-from thinklens.pipeline.stage import Stage, StageResult, Table, freshness_config
+from thinklens.pipeline.stage import Stage, StageResult, Table
 from thinklens.sae.evaluate import EvalConfig, evaluate
 
 
@@ -13,10 +13,10 @@ def run(config: EvalConfig, rundir: RunDir, progress: bool = True) -> StageResul
     """Evaluate the SAE unless eval.json already evaluates these weights with these settings."""
     rundir.require("sae_weights", "train")
     inputs = {"sae_sha256": file_sha256(rundir.sae_weights)}
-    if fresh_result(rundir.eval_json, inputs, freshness_config(config)) is not None:
+    if fresh_result(rundir.eval_json, inputs, result_settings(config)) is not None:
         return StageResult.nothing_to_do(f"{rundir.eval_json} already evaluates this SAE with these settings")
     report = evaluate(rundir.sae, rundir.activations, rundir.traces, config)
-    write_envelope(rundir.eval_json, inputs, freshness_config(config), report.as_dict())
+    write_envelope(rundir.eval_json, inputs, result_settings(config), report.as_dict())
     rows = [(name, f"{metrics.tokens:,}", f"{metrics.fvu:.3f}", f"{metrics.l0:.1f}", f"{metrics.dead_fraction:.1%}",
              f"{metrics.dense_fraction:.1%}") for name, metrics in [("all", report.overall), *report.segments.items()]]
     lines = []

@@ -8,10 +8,10 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from thinklens.errors import ThinklensError
-from thinklens.files import fresh_result, write_envelope
+from thinklens.files import fresh_result, result_settings, write_envelope
 from thinklens.models.loader import file_sha256
 from thinklens.pipeline.rundir import RunDir
-from thinklens.pipeline.stage import Stage, StageResult, Table, freshness_config
+from thinklens.pipeline.stage import Stage, StageResult, Table
 from thinklens.steering.engine import check_policy
 from thinklens.steering.sweep import SweepConfig, run_sweep
 
@@ -58,11 +58,11 @@ def run(config: SweepStageConfig, rundir: RunDir, progress: bool = True) -> Stag
     rundir.require("sae_weights", "train")
     inputs = {"sae_sha256": file_sha256(rundir.sae_weights), "traces": rundir.trace_store.meta()["identity"]}
     envelope = directory / "sweep.json"
-    if fresh_result(envelope, inputs, freshness_config(sweep), [directory / "summary.json"]) is not None:
+    if fresh_result(envelope, inputs, result_settings(sweep), [directory / "summary.json"]) is not None:
         return StageResult.nothing_to_do(f"{directory / 'summary.json'} already holds this sweep")
     variant = open_variant(rundir.traces, rundir.sae, rundir.features_db, [feature], device=sweep.device)
     result = run_sweep(sweep, variant, run_prompts(rundir.traces, sweep.prompts), directory, show_progress=progress)
-    write_envelope(envelope, inputs, freshness_config(sweep), {"feature": feature, "oversteering": result.oversteering})
+    write_envelope(envelope, inputs, result_settings(sweep), {"feature": feature, "oversteering": result.oversteering})
     rows = [(p.policy, f"{p.strength:g}", p.regime, f"{p.shift:.2f}", f"{p.ppl_ratio:.2f}", f"{p.distinct2_ratio:.2f}",
              f"{p.means['readback']:.3g}", f"{p.means['correct']:.0%}" if p.means["correct"] == p.means["correct"]
              else "–") for p in result.points]
