@@ -43,6 +43,12 @@ _ITEMS = (
     "coins", "cards", "balloons", "oranges", "beads", "toy cars", "flowers",
 )  # fmt: skip
 _CONTAINERS = ("boxes", "bags", "jars", "baskets")
+_QUESTION_ASKS = {
+    "How many {items} does {name} have now?": "now",
+    "How many {items} does {name} have in total?": "total",
+    "How many {items} does each friend get?": "each",
+    "How many groups does {name} make?": "groups",
+}
 
 # Verb phrases for one step of a word problem, read as "Sam {phrase}." The second element, when
 # set, is the question the problem must end with, so that phrase may only be the last step.
@@ -138,7 +144,8 @@ def _render_expression(operators: list[str], operands: list[int]) -> str:
     return text
 
 
-def _render_word(rng: random.Random, operators: list[str], operands: list[int]) -> str:
+def _render_word(rng: random.Random, operators: list[str], operands: list[int]) -> tuple[str, dict[str, str]]:
+    """The problem's text, and what it is about: {name, items, asks} (asks: now, total, each or groups)."""
     name, items = rng.choice(_NAMES), rng.choice(_ITEMS)
     question = "How many {items} does {name} have now?"
     sentences = []
@@ -159,19 +166,22 @@ def _render_word(rng: random.Random, operators: list[str], operands: list[int]) 
         if final_question is not None:
             question = final_question
     sentences.append(question.format(items=items, name=name))
-    return " ".join(sentences)
+    return " ".join(sentences), {"name": name, "items": items, "asks": _QUESTION_ASKS[question]}
 
 
 def _draw_arithmetic(rng: random.Random) -> Draw:
     kind = rng.choice(("expression", "word"))
     steps = rng.randint(1, 3)
     operators, operands, value = _arithmetic_chain(rng, steps, small=kind == "word")
+    about: dict[str, str] = {}
     if kind == "expression":
         template = rng.choice(_EXPRESSION_TEMPLATES)
-        prompt = template.format(e=_render_expression(operators, operands))
+        about["expression"] = _render_expression(operators, operands)
+        prompt = template.format(e=about["expression"])
     else:
-        prompt = _render_word(rng, operators, operands)
+        prompt, about = _render_word(rng, operators, operands)
     metadata = {
+        **about,
         "kind": kind,
         "operator": operators[0],
         "operators": operators,
@@ -219,6 +229,7 @@ def _draw_logic(rng: random.Random) -> Draw:
             i += 1
 
     kind = rng.choice(_LOGIC_KINDS)
+    extra: dict[str, Any] = {}
     if kind == "most":
         question, answer = f"Who is the {most}?", order[0]
     elif kind == "least":
@@ -234,9 +245,10 @@ def _draw_logic(rng: random.Random) -> Draw:
         x_has_more = order.index(x) < order.index(y)
         question = f"Is {x} {word} than {y}?"
         answer = "yes" if x_has_more == (word == more) else "no"
+        extra["compared"] = [x, word, y]
 
     prompt = " ".join([*sentences, question])
-    metadata = {"kind": kind, "relation": relation, "n_entities": n, "order": order}
+    metadata = {"kind": kind, "relation": relation, "n_entities": n, "order": order, "question": question, **extra}
     return prompt, answer, metadata
 
 
