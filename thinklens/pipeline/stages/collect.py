@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from thinklens.data.collect import CollectConfig, collect
 from thinklens.data.traces import summarize_traces
+from thinklens.distill.organism import ensure_organism
+from thinklens.models.default import ORGANISM_NAME
 from thinklens.pipeline.rundir import RunDir
 from thinklens.pipeline.stage import Stage, StageResult
 
 
 def run(config: CollectConfig, rundir: RunDir, progress: bool = True) -> StageResult:
-    """Generate (or import) the traces not yet in RUN/traces."""
+    """Generate (or import) the traces not yet in RUN/traces; `smollm2-r1` is made first if this machine lacks it."""
+    if config.model.model == ORGANISM_NAME:
+        ensure_organism(show_progress=progress, device=config.model.device)
     result = collect(config, rundir.traces, show_progress=progress)
     if result.n_written == 0:  # run.yaml keeps what the run that wrote them resolved
         return StageResult.nothing_to_do(f"all {result.n_prompts} traces are already in {result.traces_dir}")
