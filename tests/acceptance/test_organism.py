@@ -16,7 +16,7 @@ from thinklens.models.loader import ModelConfig, load_tokenizer, parse_model_spe
 
 # Making the organism takes ~11 minutes, more than the rest of the suite: `make test-organism` runs
 # these (`make test` and CI do not, unless `-m organism` is given).
-pytestmark = [pytest.mark.acceptance, pytest.mark.slow, pytest.mark.organism]
+pytestmark = [pytest.mark.acceptance, pytest.mark.slow, pytest.mark.organism, pytest.mark.timeout(1800)]
 
 
 @pytest.fixture(scope="session")

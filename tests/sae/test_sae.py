@@ -58,6 +58,20 @@ def test_batch_topk_worked_example_and_fallback():
     assert torch.equal(batch_topk_mask(pre, k=2), flat.view(8, 64))
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_batch_topk_is_exact_when_rows_overflow_their_candidates(seed):
+    # Some rows hold far more than 4k of the batch's top values (one needs widening twice), as rows of
+    # real activations with a large shared offset do; the result must equal a flat top-k's.
+    generator = torch.Generator().manual_seed(seed)
+    n, d_sae, k = 64, 512, 4
+    pre = torch.randn(n, d_sae, generator=generator)
+    pre[:3] += torch.linspace(4, 12, 3)[:, None]  # row 2 alone holds more than 16k·4 values above the rest
+    pre[5, :40] += 6.0
+    flat = torch.zeros(n * d_sae, dtype=torch.bool)
+    flat[pre.flatten().topk(n * k).indices] = True
+    assert torch.equal(batch_topk_mask(pre, k=k), flat.view(n, d_sae) & (pre > 0))
+
+
 def test_batchtopk_inference_is_batch_independent_once_the_threshold_is_learnt():
     torch.manual_seed(0)
     sae = Sae(SaeConfig(arch="batchtopk", d_in=8, d_sae=32, k=3))
