@@ -6,7 +6,7 @@ the textbook one: dense pre-activations, top-k, a dense (batch × d_sae) code ma
 matmul and dense gradients. thinklens' `train` decodes and back-propagates only the active entries.
 Prints tokens/s of each, their ratio, and the held-out FVU each reached.
 
-    .venv/bin/python benchmarks/train.py [ACTIVATIONS_DIR] [--expansion 8 --k 32 --batch-size 4096 --tokens N]
+    .venv/bin/python benchmarks/train.py [ACTIVATIONS_DIR] [--expansion 8 --k 32 --batch-size 4096 --tokens N] [--default-recipe]
 
 Without a store it builds a synthetic one (d_model 576, sparse planted features plus a shared mean).
 """
@@ -96,12 +96,15 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--tokens", type=int, default=4096 * 100)
+    parser.add_argument("--default-recipe", action="store_true",
+                        help="train thinklens's arm with its defaults (tied BatchTopK, AuxK, warm-up) instead of plain TopK")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as scratch:
         activations = args.activations or synthetic_store(Path(scratch))
-        config = TrainConfig(arch="topk", expansion=args.expansion, k=args.k, batch_size=args.batch_size,
-                             tokens=args.tokens, warmup_steps=0, decay_fraction=0.0, lr=4e-4, aux_coefficient=0.0)
+        shape = {"expansion": args.expansion, "k": args.k, "batch_size": args.batch_size, "tokens": args.tokens}
+        config = TrainConfig(**shape) if args.default_recipe else TrainConfig(
+            arch="topk", **shape, warmup_steps=0, decay_fraction=0.0, lr=4e-4, aux_coefficient=0.0)
         layer = ActivationStore(activations).layers[0]
         steps = args.tokens // args.batch_size
         result = train(config, activations, Path(scratch) / "sae", show_progress=False)
@@ -112,7 +115,7 @@ def main() -> None:
         plain_rate = steps * args.batch_size / plain_seconds
         plain_fvu = holdout_fvu(activations, config, layer, lambda x: plain_recon(weights, x, args.k))
     d_in = weights["W_dec"].shape[1]
-    print(f"TopK SAE {d_in} → {args.expansion * d_in}, k {args.k}, batch {args.batch_size}, {steps} steps, "
+    print(f"{config.arch} SAE (plain loop: topk) {d_in} → {args.expansion * d_in}, k {args.k}, batch {args.batch_size}, {steps} steps, "
           f"{steps * args.batch_size:,} tokens, {torch.get_num_threads()} threads")
     print(f"plain dense loop : {plain_rate:10,.0f} tok/s   held-out FVU {plain_fvu:.4f}")
     print(f"thinklens train  : {ours_rate:10,.0f} tok/s   held-out FVU {ours_fvu:.4f}   (incl. init and save)")
