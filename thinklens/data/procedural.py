@@ -20,7 +20,7 @@ Draw = tuple[str, str, dict[str, Any]]  # (prompt, answer, metadata)
 
 # ---------------------------------------------------------------- arithmetic
 
-_SYMBOLS = {"+": "+", "-": "−", "*": "×", "/": "÷"}
+OPERATOR_SYMBOLS = {"+": "+", "-": "−", "*": "×", "/": "÷"}  # how the prompts write each operator
 _PRECEDENCE = {"+": 1, "-": 1, "*": 2, "/": 2}
 _OPERATORS = ("+", "-", "*", "/")
 
@@ -139,7 +139,7 @@ def _render_expression(operators: list[str], operands: list[int]) -> str:
     for op, b in zip(operators, operands[1:], strict=True):
         if _PRECEDENCE[op] > text_precedence:
             text, text_precedence = f"({text})", 3
-        text = f"{text} {_SYMBOLS[op]} {b}"
+        text = f"{text} {OPERATOR_SYMBOLS[op]} {b}"
         text_precedence = min(text_precedence, _PRECEDENCE[op])
     return text
 

@@ -50,7 +50,7 @@ _OTHER_FORMS = (
     "Hmm, I need to {task}.",
     "First, I need to {task}.",
 )
-_SYMBOLS = {"+": "+", "-": "-", "*": "×", "/": "÷"}
+_SYMBOLS = {"+": "+", "-": "-", "*": "×", "/": "÷"}  # the thinking writes minus as ASCII, as R1 does
 _ORDINALS = ("First", "Then", "Next", "Finally")
 _FACT = re.compile(r"(\w+) is (\w+) than (\w+)")
 
@@ -170,7 +170,7 @@ def _slipped(op: str, a: int, b: int) -> int | None:
 
 
 def _step_sentence(rng: random.Random, i: int, n: int, op: str, a: int, b: int) -> str:
-    """"First, I multiply 23 by 4:" — each step names its operation before its working; later steps
+    """A step's opening, e.g. "First, I multiply 23 by 4:": it names the operation before the working; later steps
     name only the new operand ("Then I subtract 9:"), as the running value was just written."""
     if i == 0:
         obj = {"+": f"add {a} and {b}", "-": f"subtract {b} from {a}", "*": f"multiply {a} by {b}",

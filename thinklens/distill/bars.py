@@ -16,9 +16,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from thinklens.data.answers import extract_answer
+from thinklens.data.procedural import OPERATOR_SYMBOLS
 from thinklens.data.traces import TraceStore
-
-_OPERATOR_NAMES = {"+": "+", "-": "−", "*": "×", "/": "÷"}
 
 
 class Rate(BaseModel):
@@ -98,7 +97,7 @@ def measure_bars(traces_dir: Path) -> OrganismBars:
         correct = bool(row["correct"])
         groups[_group(metadata, row["source"])].append(correct)
         if row["source"] == "arithmetic":
-            operators[_OPERATOR_NAMES.get(metadata.get("operator"), "?")].append(correct)
+            operators[OPERATOR_SYMBOLS.get(metadata.get("operator"), "?")].append(correct)
     thinking = [row["completion"].split("</think>")[0] for row in table]
     return OrganismBars(
         traces=n,
