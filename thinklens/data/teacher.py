@@ -50,7 +50,7 @@ _OTHER_FORMS = (
     "Hmm, I need to {task}.",
     "First, I need to {task}.",
 )
-_SYMBOLS = {"+": "+", "-": "-", "*": "×", "/": "÷"}  # the thinking writes minus as ASCII, as R1 does
+_SYMBOLS = {"+": "+", "-": "-", "*": "×", "/": "÷"}  # the thinking writes minus in ASCII
 _ORDINALS = ("First", "Then", "Next", "Finally")
 _FACT = re.compile(r"(\w+) is (\w+) than (\w+)")
 
