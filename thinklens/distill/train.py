@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from thinklens.distill.dataset import Example, batch_plan, build_examples, collate
+from thinklens.distill.dataset import TraceSet, batch_plan, build_examples, collate
 from thinklens.distill.recipe import DistillConfig
 from thinklens.distill.template import r1_chat_template
 from thinklens.errors import ThinklensError
@@ -91,8 +91,7 @@ def distill(config: DistillConfig, out: Path, show_progress: bool = True) -> Dis
     trace_set = build_examples(config, tokenizer)
     if not trace_set.examples:
         raise ThinklensError(f"every teacher trace is longer than max_length {config.max_length}: raise --max-length")
-    record = _train(config, loaded, trace_set.examples, _partial_dir(out), device, show_progress)
-    record = record.model_copy(update={"held_out_dropped": trace_set.held_out, "too_long_dropped": trace_set.too_long})
+    record = _train(config, loaded, trace_set, _partial_dir(out), device, show_progress)
     _publish(loaded, tokenizer, record, out, started)
     return DistillResult(out, record, made=True)
 
@@ -120,10 +119,10 @@ def _learning_rate(config: DistillConfig, step: int, total: int) -> float:
 
 
 def _train(
-    config: DistillConfig, loaded: LoadedModel, examples: list[Example], partial: Path,
+    config: DistillConfig, loaded: LoadedModel, trace_set: TraceSet, partial: Path,
     device: torch.device, show_progress: bool,
 ) -> DistillRecord:
-    model = loaded.model
+    examples, model = trace_set.examples, loaded.model
     model.train()
     torch.manual_seed(config.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, betas=(0.9, 0.95),
@@ -156,7 +155,7 @@ def _train(
     log = state["log"]
     return DistillRecord(
         recipe=config.recipe(), recipe_hash=config.recipe_hash(), base_fingerprint=loaded.fingerprint,
-        examples=len(examples), held_out_dropped=0, too_long_dropped=0, steps=len(plan),
+        examples=len(examples), held_out_dropped=trace_set.held_out, too_long_dropped=trace_set.too_long, steps=len(plan),
         trained_tokens=sum(line["tokens"] for line in log), seconds=round(state["seconds"], 2),
         first_loss=log[0]["loss"], final_loss=sum(line["loss"] for line in log[-10:]) / len(log[-10:]),
         precision=str(dtype).removeprefix("torch.") if dtype else "float32",
