@@ -79,10 +79,20 @@ def write_store_from_array(directory: Path, data: np.ndarray, tokens_per_sequenc
 
 def sparse_mixture(n: int, d_model: int, n_directions: int, active: int, seed: int = 0) -> np.ndarray:
     """Tokens that are sums of `active` of `n_directions` random unit directions, plus a shared offset."""
+    return planted_mixture(n, d_model, n_directions, active, seed)[0]
+
+
+def planted_mixture(n: int, d_model: int, n_directions: int, active: int, seed: int = 0,
+                    offset_norm: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens, the unit directions they are made of): as `sparse_mixture`, with the shared offset's norm
+    set to `offset_norm` when given."""
     rng = np.random.default_rng(seed)
     directions = rng.standard_normal((n_directions, d_model))
     directions /= np.linalg.norm(directions, axis=1, keepdims=True)
     picks = np.argsort(rng.random((n, n_directions)), axis=1)[:, :active]
     weights = rng.uniform(1.0, 3.0, (n, active))
     offset = 4.0 * directions.mean(axis=0)  # residual streams share a large mean
-    return (np.einsum("na,nad->nd", weights, directions[picks]) + offset).astype(np.float32)
+    if offset_norm is not None:
+        offset *= offset_norm / np.linalg.norm(offset)
+    data = np.einsum("na,nad->nd", weights, directions[picks]) + offset
+    return data.astype(np.float32), directions.astype(np.float32)

@@ -13,9 +13,10 @@ from thinklens.sae.formats import check_width, from_saelens, load_r1_pt, load_sa
 from thinklens.sae.sae import ARCHS, Sae, SaeConfig
 
 
-def _trained_like(arch: str) -> Sae:
+def _trained_like(arch: str, centred: bool = True) -> Sae:
     torch.manual_seed(0)
-    sae = Sae(SaeConfig(arch=arch, d_in=16, d_sae=48, k=4, model="smollm2", layer=15, chat_format="think"))
+    sae = Sae(SaeConfig(arch=arch, d_in=16, d_sae=48, k=4, model="smollm2", layer=15, chat_format="think",
+                        centred_encoder=centred))
     sae.init_from_data(torch.randn(128, 16) * 40 + 7)  # input_scale becomes 2^-5 or so
     with torch.no_grad():
         for parameter in sae.parameters():
@@ -25,9 +26,10 @@ def _trained_like(arch: str) -> Sae:
     return sae.eval()
 
 
+@pytest.mark.parametrize("centred", [True, False])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_reload_is_bit_identical_through_both_paths(arch, tmp_path):
-    sae = _trained_like(arch)
+def test_reload_is_bit_identical_through_both_paths(arch, centred, tmp_path):
+    sae = _trained_like(arch, centred)
     assert sae.config.input_scale != 1.0
     save_sae(sae, tmp_path, metadata={"training": {"k": 4}})
     again = load_sae(tmp_path)
@@ -41,6 +43,7 @@ def test_reload_is_bit_identical_through_both_paths(arch, tmp_path):
     assert tensors["W_enc"].shape == (16, 48) and tensors["W_dec"].shape == (48, 16)
     assert cfg["hook_name"] == "blocks.15.hook_resid_post" and cfg["thinklens"]["hook_name"] == "layers.15.resid_post"
     assert cfg["architecture"] == {"topk": "topk", "relu": "standard"}.get(arch, "jumprelu")
+    assert cfg["apply_b_dec_to_input"] is centred  # SAELens subtracts b_dec itself: no folding, no rounding
     foreign = from_saelens(saelens_keys, tensors)  # what any SAELens-layout reader sees: untied, unscaled
     x = torch.randn(64, 16) * 40
     with torch.no_grad():  # at inference: BatchTopK by its threshold, as SAELens's JumpReLU computes it
@@ -48,13 +51,14 @@ def test_reload_is_bit_identical_through_both_paths(arch, tmp_path):
         torch.testing.assert_close(foreign(x).recon, sae(x).recon, rtol=1e-6, atol=1e-5)
 
 
-def test_saelens_apply_b_dec_to_input_is_folded_into_the_encoder_bias():
+def test_saelens_apply_b_dec_to_input_is_read_as_a_centred_encoder():
     torch.manual_seed(0)
     d_in, d_sae = 8, 24
     tensors = {"W_enc": torch.randn(d_in, d_sae), "W_dec": torch.randn(d_sae, d_in), "b_enc": torch.randn(d_sae),
                "b_dec": torch.randn(d_in)}
     cfg = {"architecture": "standard", "d_in": d_in, "d_sae": d_sae, "apply_b_dec_to_input": True}
     sae = from_saelens(cfg, tensors)
+    assert sae.config.centred_encoder
     x = torch.randn(5, d_in)
     expected = torch.relu((x - tensors["b_dec"]) @ tensors["W_enc"] + tensors["b_enc"])
     torch.testing.assert_close(sae.encode(x).dense(), expected, rtol=1e-5, atol=1e-5)

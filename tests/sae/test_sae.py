@@ -14,7 +14,8 @@ from thinklens.sae.sae import ARCHS, Sae, SaeConfig, batch_topk_mask, geometric_
 def _dense_reference(sae: Sae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The textbook dense computation of the same SAE: (reconstruction, activations)."""
     scale, k = sae.config.input_scale, sae.config.k
-    pre = (x * scale) @ sae.encoder_weight.T + sae.b_enc
+    encoder_input = x * scale - sae.b_dec if sae.config.centred_encoder else x * scale
+    pre = encoder_input @ sae.encoder_weight.T + sae.b_enc
     with torch.no_grad():
         if sae.config.arch == "topk":
             mask = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, pre.topk(k, dim=-1).indices, True)
@@ -27,10 +28,12 @@ def _dense_reference(sae: Sae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return (acts @ sae.W_dec + sae.b_dec) / scale, acts
 
 
+@pytest.mark.parametrize("centred", [True, False])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_sparse_paths_give_the_dense_loss_and_gradients(arch):
+def test_sparse_paths_give_the_dense_loss_and_gradients(arch, centred):
+    """Including b_dec's gradient through a centred encoder's x − b_dec."""
     torch.manual_seed(0)
-    sae = Sae(SaeConfig(arch=arch, d_in=16, d_sae=64, k=4)).train()
+    sae = Sae(SaeConfig(arch=arch, d_in=16, d_sae=64, k=4, centred_encoder=centred)).train()
     x = torch.randn(32, 16) * 3 + 1
     sae.init_from_data(x)
     output = sae(x)
@@ -91,13 +94,46 @@ def test_geometric_median_worked_example():
     torch.testing.assert_close(geometric_median_of(points), torch.tensor([1.0, 0.0]), atol=1e-3, rtol=0)
 
 
-def test_data_init_centres_the_encoder_and_scales_by_a_power_of_two():
+@pytest.mark.parametrize("centred", [True, False])
+def test_data_init_centres_the_encoder_and_scales_by_a_power_of_two(centred):
     torch.manual_seed(0)
     x = torch.randn(256, 16) + 50.0  # a large shared mean, as in residual streams
-    sae = Sae(SaeConfig(arch="topk", d_in=16, d_sae=32, k=4))
+    sae = Sae(SaeConfig(arch="topk", d_in=16, d_sae=32, k=4, centred_encoder=centred))
     sae.init_from_data(x, geometric_median=False)
     scale = sae.config.input_scale
     assert scale == 2.0 ** round(math.log2(4.0 / x.norm(dim=-1).mean().item()))  # √16 = 4
     torch.testing.assert_close(sae.b_dec, (x * scale).mean(dim=0))
     # At initialisation the encoder sees x − b_dec: pre-activations of the mean input are zero.
     torch.testing.assert_close(sae.pre_acts(x.mean(dim=0, keepdim=True)), torch.zeros(1, 32), atol=1e-4, rtol=0)
+
+
+def test_a_centred_encoder_stays_centred_when_b_dec_moves():
+    """The difference the centred encoder makes: moving b_dec (as training does) moves what an uncentred
+    encoder sees by b_dec's shift projected on every feature; a centred encoder's pre-activations of the
+    new centre stay at b_enc."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 16) + 50.0
+    for centred, drift in ((True, 0.0), (False, None)):
+        sae = Sae(SaeConfig(arch="topk", d_in=16, d_sae=32, k=4, centred_encoder=centred))
+        sae.init_from_data(x, geometric_median=False)
+        with torch.no_grad():
+            sae.b_dec.add_(1.0)
+        centre = (sae.b_dec / sae.config.input_scale)[None]
+        moved = (sae.pre_acts(centre) - sae.b_enc).abs().max().item()
+        assert moved == pytest.approx(drift, abs=1e-4) if drift is not None else moved > 0.1
+
+
+def test_threshold_calibration_keeps_k_per_token_on_average():
+    torch.manual_seed(0)
+    sae = Sae(SaeConfig(arch="batchtopk_tied", d_in=16, d_sae=64, k=4))
+    batches = [torch.randn(512, 16) * 2 + 1 for _ in range(4)]
+    sae.init_from_data(torch.cat(batches))
+    sae.calibrate_threshold(batches)
+    cuts = [sae.pre_acts(x)[batch_topk_mask(sae.pre_acts(x), 4)].min() for x in batches]
+    assert sae.threshold.item() == pytest.approx(torch.stack(cuts).mean().item())
+    sae.eval()
+    l0 = torch.cat([sae.encode(x).l0().float() for x in batches]).mean().item()
+    assert l0 == pytest.approx(4, rel=0.05)
+    topk = Sae(SaeConfig(arch="topk", d_in=16, d_sae=64, k=4))
+    topk.calibrate_threshold(batches)
+    assert topk.threshold.item() == -1.0  # only BatchTopK SAEs have one

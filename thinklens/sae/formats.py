@@ -63,7 +63,7 @@ def save_sae(sae: Sae, directory: Path, metadata: dict[str, Any] | None = None) 
         "activation_fn": "topk" if config.arch == "topk" else "relu",  # SAELens reads topk + k as its TopK class
         "activation_fn_kwargs": {"k": config.k} if config.arch == "topk" else {},
         "k": config.k,  # SAELens's BatchTopK configs read it here; its JumpReLU ignores it
-        "apply_b_dec_to_input": False,
+        "apply_b_dec_to_input": config.centred_encoder,
         "finetuning_scaling_factor": False,
         "normalize_activations": "none",
         "prepend_bos": True,
@@ -156,19 +156,16 @@ def _saelens_config(cfg: dict[str, Any]) -> SaeConfig:
         raise ThinklensError(f"this SAELens {architecture} SAE names no k (activation_fn_kwargs.k or k): "
                              "thinklens needs it; add it to cfg.json")
     return SaeConfig(arch=arch, d_in=cfg["d_in"], d_sae=cfg["d_sae"], k=k, model=cfg.get("model_name"),
-                     layer=cfg.get("hook_layer"))
+                     layer=cfg.get("hook_layer"), centred_encoder=bool(cfg.get("apply_b_dec_to_input")))
 
 
 def from_saelens(cfg: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Sae:
     """An untied SAE from SAELens keys only (what any SAELens-layout file carries)."""
     sae = Sae(_saelens_config(cfg))
-    b_enc = tensors["b_enc"].float()
-    if cfg.get("apply_b_dec_to_input"):  # (x − b_dec)·W_enc + b_enc, folded into the encoder bias
-        b_enc = b_enc - tensors["b_dec"].float() @ tensors["W_enc"].float()
     with torch.no_grad():
         sae.W_enc.copy_(tensors["W_enc"].T)
         sae.W_dec.copy_(tensors["W_dec"])
-        sae.b_enc.copy_(b_enc)
+        sae.b_enc.copy_(tensors["b_enc"])
         sae.b_dec.copy_(tensors["b_dec"])
         if "threshold" in tensors:
             threshold = tensors["threshold"].float()
