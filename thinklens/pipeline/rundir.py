@@ -4,7 +4,8 @@
 RUN/
   run.yaml          RunRecord: the RunConfig that ran (`config`) and what each stage resolved (`stages`)
   traces/           collect          activations/   harvest         sae/           train
-  sae/eval.json     eval             features.db    index (+ label) analysis/*.json analyze, map
+  sae/eval.json     eval (+ sae/saebench/*_eval_results.json, SAEBench's layout)
+  features.db       index (+ label)  analysis/*.json analyze, map
   map.html map.png  map              sweeps/NAME/   sweep           report.html    report
 ```
 
@@ -84,6 +85,10 @@ class RunDir:
     @property
     def eval_json(self) -> Path:
         return self.sae / "eval.json"
+
+    def saebench_json(self, eval_type: str) -> Path:
+        """SAEBench's result file of one eval type (`core`, `sparse_probing`)."""
+        return self.sae / "saebench" / f"{eval_type}_eval_results.json"
 
     @property
     def features_db(self) -> Path:
