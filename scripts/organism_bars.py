@@ -18,10 +18,11 @@ from pathlib import Path
 from thinklens.data.collect import CollectConfig, GenerationConfig, collect
 from thinklens.data.loaders import load_prompts
 from thinklens.data.teacher import teach
-from thinklens.distill.bars import OrganismBars, measure_bars, rate
+from thinklens.distill.bars import OrganismBars, measure_bars
 from thinklens.distill.organism import ensure_organism
 from thinklens.models.default import ORGANISM_NAME
 from thinklens.models.loader import ModelConfig
+from thinklens.stats import rate
 
 
 def collect_mode(args: argparse.Namespace, mode: str) -> Path:

@@ -27,6 +27,7 @@ from sklearn.linear_model import LogisticRegression
 
 from thinklens.activations.store import ActivationStore
 from thinklens.sae.sae import Sae
+from thinklens.stats import Rate, rate
 
 MIN_PER_CLASS = 8  # a task with fewer examples of either class is skipped
 
@@ -49,6 +50,10 @@ class ProbeResult:
     sae_accuracy: float  # all features
     top_k_accuracy: dict[int, float] = field(default_factory=dict)
 
+    def interval(self, accuracy: float) -> Rate:
+        """An accuracy on this task's test traces with its Wilson 95 % interval."""
+        return rate(round(accuracy * self.test), self.test)
+
 
 def probe_tasks(traces_dir: Path) -> list[ProbeTask]:
     """The binary tasks the traces' metadata supports (each with enough examples of both classes)."""
@@ -64,8 +69,9 @@ def probe_tasks(traces_dir: Path) -> list[ProbeTask]:
     known = np.array([row["correct"] is not None for row in rows])
     tasks.append(ProbeTask("correct", ids[known], np.array([bool(row["correct"]) for row in rows])[known]))
     sources = np.array([row["source"] or "" for row in rows])
-    if len(set(sources)) > 1:
-        tasks += [ProbeTask(f"source={source}", ids, sources == source) for source in sorted(set(sources))]
+    names = sorted(set(sources))
+    if len(names) > 1:  # one-vs-rest; of two sets, one task (the other is its mirror)
+        tasks += [ProbeTask(f"source={source}", ids, sources == source) for source in names[: len(names) - (len(names) == 2)]]
     return [task for task in tasks if min(task.labels.sum(), (~task.labels).sum()) >= MIN_PER_CLASS]
 
 
@@ -111,10 +117,15 @@ def balanced_split(task: ProbeTask, test_fraction: float, seed: int) -> tuple[np
 
 
 def _accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
-    mean, std = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
+    train_x, test_x = train_x.astype(np.float64), test_x.astype(np.float64)
+    mean, std = train_x.mean(axis=0), train_x.std(axis=0)
+    varying = std > 1e-9  # a feature silent on every train trace carries nothing (and would divide by 0)
+    if not varying.any():
+        return 0.5
+    scale = lambda x: (x[:, varying] - mean[varying]) / std[varying]  # noqa: E731
     model = LogisticRegression(max_iter=2000, C=1.0)
-    model.fit((train_x - mean) / std, train_y)
-    return float(model.score((test_x - mean) / std, test_y))
+    model.fit(scale(train_x), train_y)
+    return float(model.score(scale(test_x), test_y))
 
 
 def sparse_probe(task: ProbeTask, codes: np.ndarray, activations: np.ndarray, ks: tuple[int, ...],

@@ -86,6 +86,11 @@ def sparse_probing_result(results: list[ProbeResult], ks: tuple[int, ...], eval_
                                "test_examples": result.test, "llm_test_accuracy": result.llm_accuracy,
                                "sae_test_accuracy": result.sae_accuracy}
         row.update({f"sae_top_{k}_test_accuracy": result.top_k_accuracy[k] for k in ks})
+        # Beyond SAEBench's fields: 95 % Wilson intervals, as the test splits here are small.
+        row.update({f"{name}_ci95": [interval.low, interval.high] for name, interval in (
+            ("llm_test_accuracy", result.interval(result.llm_accuracy)),
+            ("sae_test_accuracy", result.interval(result.sae_accuracy)),
+            *((f"sae_top_{k}_test_accuracy", result.interval(result.top_k_accuracy[k])) for k in ks))})
         details.append(row)
     metrics = {
         "llm": {"llm_test_accuracy": mean([r.llm_accuracy for r in results])},

@@ -43,11 +43,13 @@ def run(config: EvalConfig, rundir: RunDir, progress: bool = True) -> StageResul
             lines.append(f"SAEBench scores: CE-loss {lm['loss_recovered']:.3f}, KL {lm['kl_div_score']:.3f}, "
                          f"explained variance {1 - report.overall.fvu:.3f}, cosine {report.overall.cossim:.3f}, "
                          f"alive {report.features['frac_alive']:.1%}")
-    if report.probes:
-        ks = config.probe_ks
-        lines.append("sparse probing (test accuracy, balanced classes): " + "; ".join(
-            f"{probe.task} " + " ".join(f"k{k} {probe.top_k_accuracy[k]:.2f}" for k in ks)
-            + f" all {probe.sae_accuracy:.2f} model {probe.llm_accuracy:.2f}" for probe in report.probes))
+    def accuracy(probe, value: float) -> str:
+        interval = probe.interval(value)
+        return f"{value:.2f} [{interval.low:.2f}, {interval.high:.2f}]"
+
+    probe_rows = [(probe.task, str(probe.test), *(accuracy(probe, probe.top_k_accuracy[k]) for k in config.probe_ks),
+                   accuracy(probe, probe.sae_accuracy), accuracy(probe, probe.llm_accuracy))
+                  for probe in report.probes]
     if report.dead_fraction_training is not None:
         lines.append(f"dead over the training window: {report.dead_fraction_training:.1%} (no firing in the last "
                      f"{report.dead_window_tokens:,} training tokens); the table's dead column counts the held-out "
@@ -56,7 +58,10 @@ def run(config: EvalConfig, rundir: RunDir, progress: bool = True) -> StageResul
         skipped=False,
         headline=f"eval → {rundir.eval_json}",
         tables=[Table(f"eval of {rundir.sae} on held-out sequences",
-                      ("segment", "tokens", "FVU", "L0", "dead", "dense"), rows)],
+                      ("segment", "tokens", "FVU", "L0", "dead", "dense"), rows),
+                *([Table("sparse probing: test accuracy [Wilson 95 %] (balanced classes; chance 0.50)",
+                         ("task", "test", *(f"top {k}" for k in config.probe_ks), "all SAE", "model"),
+                         probe_rows)] if probe_rows else [])],
         lines=lines,
         written=[rundir.eval_json, *(rundir.saebench_json(eval_type) for eval_type in saebench)],
         resolved={"fvu": report.overall.fvu, **report.lm},
