@@ -24,8 +24,10 @@ def write(directory: Path) -> None:
 
     torch.manual_seed(0)
     x = torch.randn(256, 64) * 30 + 5
-    for arch in ARCHS:
-        sae = Sae(SaeConfig(arch=arch, d_in=64, d_sae=512, k=16, model="smollm2", layer=15))
+    written = 0
+    for arch, centred in ((arch, centred) for arch in ARCHS for centred in (True, False)):
+        # Centred (what `train` writes now: apply_b_dec_to_input) and uncentred (older SAEs, the R1 release).
+        sae = Sae(SaeConfig(arch=arch, d_in=64, d_sae=512, k=16, model="smollm2", layer=15, centred_encoder=centred))
         sae.init_from_data(x)
         with torch.no_grad():
             for parameter in sae.parameters():
@@ -36,9 +38,11 @@ def write(directory: Path) -> None:
         with torch.no_grad():
             codes = sae.encode(x)
             expected = {"x": x, "codes": codes.dense(), "recon": sae.decode(codes)}
-        save_sae(sae, directory / arch)
-        torch.save(expected, directory / arch / "expected.pt")
-    print(f"wrote {len(ARCHS)} SAEs to {directory}")
+        name = f"{arch}{'' if centred else '-uncentred'}"
+        save_sae(sae, directory / name)
+        torch.save(expected, directory / name / "expected.pt")
+        written += 1
+    print(f"wrote {written} SAEs to {directory}")
 
 
 def check(directory: Path) -> None:
@@ -57,7 +61,7 @@ def check(directory: Path) -> None:
         ok = same_active and code_error < 1e-4 and recon_error < 1e-5
         failures += not ok
         architecture = json.loads((folder / "cfg.json").read_text())["architecture"]
-        print(f"{folder.name:<15} as SAELens {type(sae).__name__:<12} ({architecture}): same active features "
+        print(f"{folder.name:<25} as SAELens {type(sae).__name__:<12} ({architecture}): same active features "
               f"{same_active}, max |Δcode| {code_error:.1e}, max |Δrecon|/max|recon| {recon_error:.1e}  "
               f"{'ok' if ok else 'FAILED'}")
     print(f"sae_lens {__version__}: {'all match' if not failures else f'{failures} failed'}")
