@@ -14,6 +14,7 @@ thinklens's also includes its data-based initialisation, threshold calibration a
 run one after the other, never side by side.
 
     .venv/bin/python benchmarks/peers.py [ACTIVATIONS_DIR] [--expansion 8 --k 32 --batch-size 4096 --steps 200]
+        [--repeats 2]   (~3 min per repeat on 2 cores)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -131,6 +133,8 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="pairs of runs, the arms alternating; medians are printed (this VM's speed drifts)")
     parser.add_argument("--arm", choices=["sparsify"], help=argparse.SUPPRESS)  # the side environment's call
     args = parser.parse_args()
     if args.arm == "sparsify":
@@ -140,17 +144,28 @@ def main() -> None:
     shape = ["--expansion", str(args.expansion), "--k", str(args.k), "--batch-size", str(args.batch_size),
              "--steps", str(args.steps)]
     environment = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    completed = subprocess.run([str(python), __file__, str(args.activations), *shape, "--arm", "sparsify"],
-                               check=True, capture_output=True, text=True, env=environment)
-    sparsify = json.loads(completed.stdout.strip().splitlines()[-1])
-    with tempfile.TemporaryDirectory() as scratch:
-        ours = thinklens_arm(args.activations, args, Path(scratch))
-    print(f"{args.activations}: width ×{args.expansion}, k {args.k}, batch {args.batch_size}, {args.steps} steps")
-    print(f"sparsify {SPARSIFY.split('==')[1]} (TopK) : {sparsify['tokens_per_second']:10,.0f} tok/s   "
-          f"held-out FVU {sparsify['fvu']:.4f}")
-    print(f"thinklens default recipe : {ours['tokens_per_second']:10,.0f} tok/s   held-out FVU {ours['fvu']:.4f}   "
-          f"dead {ours['dead']:.1%}  (incl. init and save)")
-    print(f"ratio thinklens/sparsify tokens/s: {ours['tokens_per_second'] / sparsify['tokens_per_second']:.2f}x")
+    theirs, ours = [], []
+    for repeat in range(args.repeats):
+        completed = subprocess.run([str(python), __file__, str(args.activations), *shape, "--arm", "sparsify"],
+                                   check=True, capture_output=True, text=True, env=environment)
+        theirs.append(json.loads(completed.stdout.strip().splitlines()[-1]))
+        with tempfile.TemporaryDirectory() as scratch:
+            ours.append(thinklens_arm(args.activations, args, Path(scratch)))
+        print(f"repeat {repeat + 1}: sparsify {theirs[-1]['tokens_per_second']:,.0f} tok/s, "
+              f"thinklens {ours[-1]['tokens_per_second']:,.0f} tok/s", flush=True)
+    ratios = [mine["tokens_per_second"] / other["tokens_per_second"] for mine, other in zip(ours, theirs, strict=True)]
+
+    def median(runs: list[dict], key: str) -> float:
+        return statistics.median(run[key] for run in runs)
+
+    print(f"{args.activations}: width ×{args.expansion}, k {args.k}, batch {args.batch_size}, {args.steps} steps, "
+          f"medians of {args.repeats}")
+    print(f"sparsify {SPARSIFY.split('==')[1]} (TopK) : {median(theirs, 'tokens_per_second'):10,.0f} tok/s   "
+          f"held-out FVU {median(theirs, 'fvu'):.4f}")
+    print(f"thinklens default recipe : {median(ours, 'tokens_per_second'):10,.0f} tok/s   held-out FVU "
+          f"{median(ours, 'fvu'):.4f}   dead {median(ours, 'dead'):.1%}  (incl. init and save)")
+    print(f"ratio thinklens/sparsify tokens/s: {statistics.median(ratios):.2f}x "
+          f"(per repeat: {', '.join(f'{ratio:.2f}' for ratio in ratios)})")
 
 
 if __name__ == "__main__":
