@@ -19,36 +19,47 @@ from thinklens.sae.train import TrainConfig, _reader_config
 PLAIN_LR = 4e-4  # the TopK paper's order of magnitude; the loop has no schedule
 
 
+class PlainTopK:
+    """The loop's parameters and optimiser; `step(x)` is one training step on a batch."""
+
+    def __init__(self, d_in: int, d_sae: int, k: int, first_batch: torch.Tensor, seed: int = 0,
+                 lr: float = PLAIN_LR) -> None:
+        device = first_batch.device
+        torch.manual_seed(seed)
+        self.k = k
+        self.W_dec = F.normalize(torch.randn(d_sae, d_in), dim=-1).to(device).requires_grad_()
+        self.W_enc = self.W_dec.detach().T.clone().requires_grad_()  # (d_in, d_sae)
+        self.b_enc = torch.zeros(d_sae, device=device, requires_grad=True)
+        self.b_dec = first_batch.mean(dim=0).clone().requires_grad_()
+        self.optimizer = torch.optim.Adam([self.W_enc, self.W_dec, self.b_enc, self.b_dec], lr=lr)
+
+    def step(self, x: torch.Tensor) -> None:
+        pre = (x - self.b_dec) @ self.W_enc + self.b_enc  # (n, d_sae)
+        top = pre.topk(self.k, dim=-1)
+        acts = torch.zeros_like(pre).scatter(1, top.indices, F.relu(top.values))  # dense (n, d_sae)
+        recon = acts @ self.W_dec + self.b_dec
+        loss = (recon - x).pow(2).sum(dim=-1).mean()
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        with torch.no_grad():
+            self.W_dec.div_(self.W_dec.norm(dim=-1, keepdim=True))
+
+    def weights(self) -> dict:
+        return {name: getattr(self, name).detach() for name in ("W_enc", "W_dec", "b_enc", "b_dec")}
+
+
 def plain_topk_training(activations: Path, config: TrainConfig, layer: int, steps: int,
                         lr: float = PLAIN_LR) -> tuple[dict, float]:
     """Train on the same reader as thinklens (same batches, same order) with `config`'s width, k, batch size
     and seed; its weights and the seconds it trained."""
-    reader = ActivationReader(activations, _reader_config(config, layer, epochs=10**9))
-    batches = iter(reader)
+    batches = iter(ActivationReader(activations, _reader_config(config, layer, epochs=10**9)))
     first = next(iter(ActivationReader(activations, _reader_config(config, layer, epochs=1))))
-    d_in = first.shape[1]
-    d_sae = config.expansion * d_in
-    torch.manual_seed(config.seed)
-    W_dec = F.normalize(torch.randn(d_sae, d_in), dim=-1).requires_grad_()
-    W_enc = W_dec.detach().T.clone().requires_grad_()  # (d_in, d_sae)
-    b_enc = torch.zeros(d_sae, requires_grad=True)
-    b_dec = first.mean(dim=0).clone().requires_grad_()
-    optimizer = torch.optim.Adam([W_enc, W_dec, b_enc, b_dec], lr=lr)
+    loop = PlainTopK(first.shape[1], config.expansion * first.shape[1], config.k, first, config.seed, lr)
     started = time.perf_counter()
     for _ in range(steps):
-        x = next(batches)
-        pre = (x - b_dec) @ W_enc + b_enc  # (n, d_sae)
-        top = pre.topk(config.k, dim=-1)
-        acts = torch.zeros_like(pre).scatter(1, top.indices, F.relu(top.values))  # dense (n, d_sae)
-        recon = acts @ W_dec + b_dec
-        loss = (recon - x).pow(2).sum(dim=-1).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            W_dec.div_(W_dec.norm(dim=-1, keepdim=True))
-    seconds = time.perf_counter() - started
-    return {"W_enc": W_enc.detach(), "W_dec": W_dec.detach(), "b_enc": b_enc.detach(), "b_dec": b_dec.detach()}, seconds
+        loop.step(next(batches))
+    return loop.weights(), time.perf_counter() - started
 
 
 def plain_codes(weights: dict, x: torch.Tensor, k: int) -> torch.Tensor:

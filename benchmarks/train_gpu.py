@@ -7,7 +7,7 @@ timed with CUDA synchronisation:
 - thinklens default (tied BatchTopK, AuxK, `dtype auto`: bf16 autocast + TF32) — `_Trainer.train_step`,
   the step `thinklens train` runs;
 - thinklens in float32 (`dtype float32`);
-- the plain dense TopK loop (`plain_topk.py`'s step: dense codes, dense decoder matmul), float32.
+- the plain dense TopK loop (`plain_topk.PlainTopK.step`: dense codes, dense decoder matmul), float32.
 Prints tokens/s, peak memory, and each arm's ratio against the plain loop.
 
     python benchmarks/train_gpu.py [--steps 30] [--device cuda]
@@ -21,6 +21,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from plain_topk import PlainTopK  # a sibling script module
 
 from thinklens.sae.sae import SaeConfig
 from thinklens.sae.train import TrainConfig, _resolve_schedule, _Trainer
@@ -74,28 +75,6 @@ def thinklens_step(config: TrainConfig, d_in: int, total_steps: int, device: tor
     return trainer.train_step
 
 
-def plain_step(d_in: int, d_sae: int, k: int, device: torch.device, sample: torch.Tensor):
-    torch.manual_seed(0)
-    W_dec = F.normalize(torch.randn(d_sae, d_in, device=device), dim=-1).requires_grad_()
-    W_enc = W_dec.detach().T.clone().requires_grad_()
-    b_enc = torch.zeros(d_sae, device=device, requires_grad=True)
-    b_dec = sample.mean(dim=0).clone().requires_grad_()
-    optimizer = torch.optim.Adam([W_enc, W_dec, b_enc, b_dec], lr=4e-4)
-
-    def step(x: torch.Tensor) -> None:
-        pre = (x - b_dec) @ W_enc + b_enc
-        top = pre.topk(k, dim=-1)
-        acts = torch.zeros_like(pre).scatter(1, top.indices, F.relu(top.values))
-        loss = (acts @ W_dec + b_dec - x).pow(2).sum(dim=-1).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        with torch.no_grad():
-            W_dec.div_(W_dec.norm(dim=-1, keepdim=True))
-
-    return step
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
@@ -118,7 +97,7 @@ def main() -> None:
     arms = {
         "default": lambda: thinklens_step(TrainConfig(**shape), args.d_in, total, device, sample),
         "float32": lambda: thinklens_step(TrainConfig(**shape, dtype="float32"), args.d_in, total, device, sample),
-        "plain": lambda: plain_step(args.d_in, d_sae, args.k, device, sample),
+        "plain": lambda: PlainTopK(args.d_in, d_sae, args.k, sample).step,
     }
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
     print(f"{args.d_in} → {d_sae}, k {args.k}, batch {args.batch_size}, {args.steps} timed steps on {name}")
