@@ -16,6 +16,7 @@ bfloat16 has no NumPy dtype: it is stored as its raw 16 bits (uint16) and viewed
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,15 @@ class ShardInfo:
     rows: int
     first_sequence: int
     last_sequence: int
+
+
+@dataclass
+class KeptBatch:
+    """One batch of a store read in order, without the rows training excludes."""
+
+    rows: int  # rows of the store the batch covers, kept or not (for progress)
+    x: torch.Tensor  # (kept, d_model) float32 activations of the kept rows
+    index: dict[str, np.ndarray]  # the asked index columns, for the kept rows
 
 
 class ActivationManifest(BaseModel):
@@ -232,6 +242,25 @@ class ActivationStore:
 
     def read_index(self, shard: ShardInfo, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(self.index_path(shard.shard), columns=columns)
+
+    def kept_batches(self, layer: int, batch_size: int, columns: tuple[str, ...] = (),
+                     include_special: bool = False, include_massive: bool = False) -> Iterator[KeptBatch]:
+        """Every shard in order, in batches of `batch_size` rows, with special and massive tokens dropped
+        (as training drops them) unless included; each with the asked index columns of its kept rows."""
+        for shard in self.shards():
+            index = self.read_index(shard, sorted({*columns, "special", "massive"})).to_pydict()
+            keep = np.ones(shard.rows, dtype=bool)
+            if not include_special:
+                keep &= ~np.asarray(index["special"], dtype=bool)
+            if not include_massive:
+                keep &= ~np.asarray(index["massive"], dtype=bool)
+            arrays = {name: np.asarray(index[name]) for name in columns}
+            for start in range(0, shard.rows, batch_size):
+                stop = min(start + batch_size, shard.rows)
+                rows = np.flatnonzero(keep[start:stop])
+                x = (self.read_rows(layer, shard, slice(start, stop)).float()[torch.from_numpy(rows)] if len(rows)
+                     else torch.empty(0, self.d_model))
+                yield KeptBatch(stop - start, x, {name: array[start:stop][rows] for name, array in arrays.items()})
 
     def index(self, columns: list[str] | None = None) -> pa.Table:
         """The token index of all completed shards."""

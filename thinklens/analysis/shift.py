@@ -133,23 +133,18 @@ def _count_firings(sae: Sae, store: ActivationStore, layer: int, config: ShiftCo
     counts = torch.zeros(config.groups * n_segments * d_sae, dtype=torch.int64)
     tokens = torch.zeros(config.groups * n_segments, dtype=torch.int64)
     with progress_bar("segment shift", total=store.token_count, enabled=show_progress) as bar:
-        for shard in store.shards():
-            index = store.read_index(shard, ["sequence_id", "segment", "special", "massive"]).to_pydict()
-            keep = ~(np.asarray(index["special"], dtype=bool) | np.asarray(index["massive"], dtype=bool))
-            cell = (np.asarray(index["sequence_id"]) % config.groups) * n_segments + np.asarray(index["segment"])
-            for start in range(0, shard.rows, config.batch_size):
-                stop = min(start + config.batch_size, shard.rows)
-                rows = np.flatnonzero(keep[start:stop])
-                bar.advance(stop - start, tokens=stop - start)
-                if len(rows) == 0:
-                    continue
-                x = store.read_rows(layer, shard, slice(start, stop)).float()[torch.from_numpy(rows)]
-                codes = sae.encode(x.to(sae.device), batch_dependent=False)
-                active = codes.values > 0
-                row_cells = torch.from_numpy(cell[start:stop][rows])  # (n,) group × segment of each kept row
-                tokens += torch.bincount(row_cells, minlength=tokens.numel())
-                flat = row_cells[codes.rows[active].cpu()] * d_sae + codes.features[active].cpu()
-                counts += torch.bincount(flat, minlength=counts.numel())
+        for batch in store.kept_batches(layer, config.batch_size, ("sequence_id", "segment")):
+            bar.advance(batch.rows, tokens=batch.rows)
+            if len(batch.x) == 0:
+                continue
+            codes = sae.encode(batch.x.to(sae.device), batch_dependent=False)
+            active = codes.values > 0
+            # (n,) group × segment of each kept row
+            row_cells = torch.from_numpy((batch.index["sequence_id"] % config.groups) * n_segments
+                                         + batch.index["segment"])
+            tokens += torch.bincount(row_cells, minlength=tokens.numel())
+            flat = row_cells[codes.rows[active].cpu()] * d_sae + codes.features[active].cpu()
+            counts += torch.bincount(flat, minlength=counts.numel())
     return (counts.view(config.groups, n_segments, d_sae).numpy(),
             tokens.view(config.groups, n_segments).numpy())
 

@@ -84,21 +84,17 @@ def pooled_activations(sae: Sae, store: ActivationStore, layer: int, sequence_id
     codes = torch.zeros(len(sequence_ids), sae.config.d_sae, dtype=torch.float64)
     activations = torch.zeros(len(sequence_ids), store.d_model, dtype=torch.float64)
     counts = torch.zeros(len(sequence_ids), dtype=torch.float64)
-    for shard in store.shards():
-        index = store.read_index(shard, ["sequence_id", "special", "massive"]).to_pydict()
-        slot = np.array([position.get(int(sequence), -1) for sequence in index["sequence_id"]])
-        keep = (slot >= 0) & ~(np.asarray(index["special"], bool) | np.asarray(index["massive"], bool))
-        for start in range(0, shard.rows, batch_size):
-            stop = min(start + batch_size, shard.rows)
-            rows = np.flatnonzero(keep[start:stop])
-            if len(rows) == 0:
-                continue
-            x = store.read_rows(layer, shard, slice(start, stop)).float()[torch.from_numpy(rows)]
-            where = torch.from_numpy(slot[start:stop][rows])
-            dense = sae.encode(x.to(sae.device), batch_dependent=False).dense().cpu().double()
-            codes.index_add_(0, where, dense)
-            activations.index_add_(0, where, x.double())
-            counts.index_add_(0, where, torch.ones(len(rows), dtype=torch.float64))
+    for batch in store.kept_batches(layer, batch_size, ("sequence_id",)):
+        slot = np.array([position.get(int(sequence), -1) for sequence in batch.index["sequence_id"]], dtype=np.int64)
+        chosen = np.flatnonzero(slot >= 0)
+        if len(chosen) == 0:
+            continue
+        x = batch.x[torch.from_numpy(chosen)]
+        where = torch.from_numpy(slot[chosen])
+        dense = sae.encode(x.to(sae.device), batch_dependent=False).dense().cpu().double()
+        codes.index_add_(0, where, dense)
+        activations.index_add_(0, where, x.double())
+        counts.index_add_(0, where, torch.ones(len(chosen), dtype=torch.float64))
     counts = counts.clamp_min(1)[:, None]
     return (codes / counts).float().numpy(), (activations / counts).float().numpy()
 
