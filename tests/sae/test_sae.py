@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from thinklens.sae.sae import ARCHS, Sae, SaeConfig, batch_topk_mask, geometric_median_of
+from thinklens.sae.sae import ARCHS, Sae, SaeConfig, _indices_at_least, batch_topk_mask, geometric_median_of
 
 
 def _dense_reference(sae: Sae, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,6 +73,14 @@ def test_batch_topk_is_exact_when_rows_overflow_their_candidates(seed):
     flat = torch.zeros(n * d_sae, dtype=torch.bool)
     flat[pre.flatten().topk(n * k).indices] = True
     assert torch.equal(batch_topk_mask(pre, k=k), flat.view(n, d_sae) & (pre > 0))
+
+
+@pytest.mark.parametrize(("size", "density"), [(8 * 1000, 0.01), (8 * 1000, 0.6), (8 * 125 + 3, 0.05), (64, 0.0)])
+def test_candidate_indices_read_by_words_equal_nonzero(size, density):
+    generator = torch.Generator().manual_seed(size)
+    flat = torch.rand(size, generator=generator)
+    cut = torch.tensor(1 - density)
+    assert torch.equal(_indices_at_least(flat, cut), (flat >= cut).nonzero().squeeze(1))
 
 
 def test_batchtopk_inference_is_batch_independent_once_the_threshold_is_learnt():

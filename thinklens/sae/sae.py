@@ -204,10 +204,15 @@ class Sae(nn.Module):
         `batch_dependent`), and by the learnt threshold otherwise."""
         return self._encode(x, batch_dependent)[0]
 
-    def _encode(self, x: torch.Tensor, batch_dependent: bool | None) -> tuple[SparseCodes, torch.Tensor]:
+    def _encode(self, x: torch.Tensor, batch_dependent: bool | None,
+                pre_out: torch.Tensor | None = None) -> tuple[SparseCodes, torch.Tensor]:
         with torch.no_grad():
             encoder_input = self.encoder_input(x)
-            pre = torch.addmm(self.b_enc, encoder_input, self.encoder_weight.T)  # (n, d_sae)
+            weight = self.encoder_weight.T
+            if pre_out is not None and (pre_out.shape, pre_out.dtype) == ((x.shape[0], self.config.d_sae), weight.dtype):
+                pre = torch.addmm(self.b_enc, encoder_input, weight, out=pre_out)
+            else:
+                pre = torch.addmm(self.b_enc, encoder_input, weight)  # (n, d_sae)
         rows, features = self._select(pre, batch_dependent)
         values = self.values_at(encoder_input, pre, rows, features)
         return SparseCodes(values, features, rows, x.shape[0], self.config.d_sae), pre
@@ -251,8 +256,11 @@ class Sae(nn.Module):
             return _SparseDecode.apply(weights, self.W_dec, codes.rows, codes.features, codes.offsets())
         return F.embedding_bag(codes.features, self.W_dec, codes.offsets(), mode="sum", per_sample_weights=weights)
 
-    def forward(self, x: torch.Tensor) -> SaeOutput:
-        codes, pre = self._encode(x, None)
+    def forward(self, x: torch.Tensor, pre_out: torch.Tensor | None = None) -> SaeOutput:
+        """Encode and decode `x`. `pre_out`, a (n, d_sae) buffer reused across steps, receives the
+        pre-activations (a fresh 75 MB tensor per step costs its page faults: ~20 % of the encoder matmul
+        on CPU); the output's `pre_acts` is then that buffer, valid until the next call."""
+        codes, pre = self._encode(x, None, pre_out)
         return SaeOutput(self.decode(codes), codes, pre)
 
     @torch.no_grad()
@@ -338,7 +346,7 @@ def batch_topk_entries(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     while True:
         kept = max(1, min(sample_size, math.ceil(aim * sample_size)))
         estimate = sample.kthvalue(sample_size - kept + 1).values if aim < 1 else flat.min()
-        candidates = (flat >= estimate).nonzero().squeeze(1)  # flat indices, ascending: row-major order
+        candidates = _indices_at_least(flat, estimate)  # flat indices, ascending: row-major order
         if len(candidates) >= total:
             break
         aim = min(1.0, aim * 2)
@@ -346,6 +354,20 @@ def batch_topk_entries(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     cut = values.kthvalue(len(values) - total + 1).values
     chosen = candidates[(values >= cut) & (values > 0)]
     return chosen // d_sae, chosen % d_sae
+
+
+def _indices_at_least(flat: torch.Tensor, cut: torch.Tensor) -> torch.Tensor:
+    """Ascending indices of the entries of `flat` that are ≥ `cut`, for a cut that few entries reach.
+
+    `nonzero` over the whole boolean mask is most of the cost on CPU; read as 8-byte words, the mask is
+    scanned 8 entries at a time, and only the words holding a candidate (~8 % at 1 % density) are
+    expanded. Same indices, in about 60 % of the time."""
+    mask = flat >= cut
+    if flat.device.type != "cpu" or mask.numel() % 8:
+        return mask.nonzero().squeeze(1)
+    words = mask.view(torch.int64).nonzero().squeeze(1)  # words with at least one candidate
+    word, byte = mask.view(-1, 8)[words].nonzero(as_tuple=True)
+    return words[word] * 8 + byte
 
 
 @torch.no_grad()

@@ -232,11 +232,14 @@ class _Trainer:
         on_cuda = self.device.type == "cuda"
         self.bf16 = config.dtype == "bfloat16" or (config.dtype == "auto" and on_cuda)  # autocast the forward
         self.tf32 = on_cuda and config.dtype != "float32"
+        self.pre_buffer: torch.Tensor | None = None  # the float32 forward's pre-activations, reused every step
 
     def forward(self, x: torch.Tensor) -> SaeOutput:
         """The SAE's forward, under bf16 autocast when asked (the loss is then computed in float32)."""
         if not self.bf16:
-            return self.sae(x)
+            if self.pre_buffer is None or self.pre_buffer.shape[0] != len(x):
+                self.pre_buffer = x.new_empty(len(x), self.sae.config.d_sae)
+            return self.sae(x, self.pre_buffer)
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
             return self.sae(x)
 
