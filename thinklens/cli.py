@@ -16,16 +16,13 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from pydantic import BaseModel, ValidationError
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from thinklens import __version__
+from thinklens.cli_output import RunPrinter, console, err_console, print_facts, print_result
 from thinklens.errors import ThinklensError
-from thinklens.pipeline.stage import Stage, StageResult
 
-console = Console()
-err_console = Console(stderr=True)
 _state = {"debug": False}
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -66,31 +63,6 @@ def given(**options: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------- printing
-def print_facts(title: str, facts: dict[str, str]) -> None:
-    """A two-column table of what a stage did."""
-    table = Table(title=title, show_header=False)
-    for name, value in facts.items():
-        table.add_row(name, value)
-    console.print(table)
-
-
-def print_result(result: StageResult) -> None:
-    """A stage's result: its facts (or its one line), its tables, its notes."""
-    if result.facts:
-        print_facts(result.headline, result.facts)
-    elif result.skipped or not result.tables:
-        console.print(result.headline, highlight=False, soft_wrap=True)
-    for each in result.tables:
-        table = Table(title=each.title)
-        for number, column in enumerate(each.columns):
-            table.add_column(column, justify="left" if number == 0 else "right")
-        for row in each.rows:
-            table.add_row(*row)
-        console.print(table)
-    for line in result.lines:
-        console.print(line, highlight=False, soft_wrap=True)
-
-
 # ----------------------------------------------------------------------------------- the app
 app = typer.Typer(
     name="thinklens",
@@ -122,27 +94,13 @@ def main_options(
 # when they run, so `thinklens --help` stays fast.
 from thinklens.cli_stages import stage_command  # noqa: E402
 from thinklens.distill.recipe import DistillConfig  # noqa: E402
-from thinklens.pipeline import STAGES, RunConfig, RunDir, RunObserver, load_run_config  # noqa: E402
+from thinklens.features.contrast import ContrastConfig  # noqa: E402
+from thinklens.pipeline import STAGES, RunConfig, RunDir, load_run_config  # noqa: E402
 from thinklens.pipeline import run as run_pipeline  # noqa: E402
 from thinklens.steering.compare import SteerConfig  # noqa: E402
 
 for _stage in STAGES:  # one command per stage, built from its declaration
     app.command(_stage.name, help=_stage.help)(user_errors(stage_command(_stage, print_result)))
-
-
-class _Printer(RunObserver):
-    """`thinklens run`'s output: a numbered rule per stage, what --from removed, each result."""
-
-    def __init__(self, from_stage: str | None) -> None:
-        self.from_stage = from_stage
-
-    def stage_started(self, number: int, total: int, stage: Stage, removed: list[Path]) -> None:
-        console.rule(f"[bold]{number}/{total} {stage.name}")
-        for path in removed:
-            console.print(f"--from {self.from_stage}: removed {path}", highlight=False)
-
-    def stage_finished(self, stage: Stage, result: StageResult) -> None:
-        print_result(result)
 
 
 @app.command("run")
@@ -154,12 +112,12 @@ def run_command(
         str | None, typer.Option("--from", help="Force this stage and every later one (their outputs are replaced).")
     ] = None,
 ) -> None:
-    """Run every stage: collect → harvest → train → eval → index → label → analyze → map → sweep → report.
+    """Run every stage: collect → harvest → train → eval → index → label → analyze → findings → map → sweep → report.
 
     Each stage skips work already done, so a re-run after a crash resumes where it stopped.
     """
     run_config = load_run_config(config) if config else RunConfig()
-    run_pipeline(run_config, out=out, from_stage=from_stage, observer=_Printer(from_stage))
+    run_pipeline(run_config, out=out, from_stage=from_stage, observer=RunPrinter(from_stage))
     root = RunDir(out or run_config.out)
     console.rule("[bold]done")
     for path in (root.report_html, root.map_html, root.features_db):
@@ -291,6 +249,28 @@ def distill_command(
         "training time": f"{record.seconds / 60:.1f} min",
         "loss": f"{record.first_loss:.3f} → {record.final_loss:.3f}",
     })
+
+
+# ----------------------------------------------------------------------------------- contrasts
+@app.command("contrast")
+@user_errors
+def contrast_command(
+    run: Annotated[Path, typer.Argument(help="Run directory holding traces/, activations/, sae/ and features.db.")],
+    a: Annotated[str, typer.Option("--a", help=describe(ContrastConfig, "a"))],
+    b: Annotated[str, typer.Option("--b", help=describe(ContrastConfig, "b"))],
+    segment: Annotated[str | None, typer.Option(help=describe(ContrastConfig, "segment"))] = None,
+    name: Annotated[str | None, typer.Option(help=describe(ContrastConfig, "name"))] = None,
+    unit: Annotated[str | None, typer.Option(help=describe(ContrastConfig, "unit"))] = None,
+    top: Annotated[int | None, typer.Option(help=describe(ContrastConfig, "top"))] = None,
+    bootstrap: Annotated[int | None, typer.Option(help=describe(ContrastConfig, "bootstrap"))] = None,
+    device: Annotated[str | None, typer.Option(help="Where the SAE encodes: auto, cpu, cuda, cuda:N.")] = None,
+) -> None:
+    """Rank the features that separate token set A from B (AUROC, firing-rate ratio, bootstrap intervals);
+    rows into features.db's `contrasts`, a difference-of-means direction into RUN/contrasts/NAME/."""
+    from thinklens.pipeline.contrasts import contrast_in_run
+
+    config = ContrastConfig(a=a, b=b, **given(segment=segment, name=name, unit=unit, top=top, bootstrap=bootstrap))
+    print_result(contrast_in_run(config, RunDir(run), **given(device=device))[1])
 
 
 # ----------------------------------------------------------------------------------- steering

@@ -1,9 +1,10 @@
-"""Statistics shared by the layers: a share with its Wilson score interval."""
+"""Statistics shared by the layers: a share with its Wilson score interval; group bootstrap weights."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 
@@ -33,3 +34,19 @@ def rate(hits: int, n: int, z: float = 1.96) -> Rate:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return Rate(hits=hits, n=n, low=max(0.0, centre - half), high=min(1.0, centre + half))
+
+
+def group_bootstrap_weights(groups: int, draws: int, seed: int) -> np.ndarray:
+    """(draws, groups) float64: how often each group is drawn in each resample of `groups` groups with
+    replacement. Statistics that are sums over groups resample as `weights @ per_group_values`."""
+    generator = np.random.default_rng(seed)
+    return np.stack([np.bincount(generator.integers(0, groups, groups), minlength=groups)
+                     for _ in range(draws)]).astype(np.float64)
+
+
+def split_groups(groups: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The group indices shuffled into two halves. Random, not even/odd: runs interleave prompt sets, so
+    sequence ids (and the groups made from them) alternate between sets, and a parity split would
+    compare one prompt set with the other."""
+    order = np.random.default_rng(seed).permutation(groups)
+    return np.sort(order[: groups // 2]), np.sort(order[groups // 2:])

@@ -13,7 +13,7 @@ import torch
 
 from thinklens.activations.store import ActivationStore
 from thinklens.features.db import FeatureDB, neighbors
-from thinklens.features.schema import migrate
+from thinklens.features.schema import MIGRATIONS, migrate
 from thinklens.sae.formats import load_sae
 
 pytestmark = pytest.mark.integration
@@ -42,7 +42,7 @@ def test_public_tables_have_the_release_columns(indexed_run):
                                      "model_name", "prompt_version"]
     store = ActivationStore(indexed_run / "activations")
     assert connection.execute("SELECT count(*) FROM tokens").fetchone()[0] == store.token_count
-    assert migrate(connection) == 1  # idempotent: nothing to apply twice
+    assert migrate(connection) == len(MIGRATIONS)  # idempotent: nothing to apply twice
 
 
 def test_top_examples_and_statistics_equal_a_direct_computation(indexed_run):

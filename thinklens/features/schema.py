@@ -7,7 +7,7 @@ interestingness, model_name, prompt_version)`. `tokens` is a view over a compact
 vocabulary (each distinct token's text is stored once); DuckDB's SQLite reader reads views too.
 
 Our own tables sit beside them: token segments, `sequences`, `features` (statistics and logit
-lenses), `histograms`, `meta`.
+lenses), `histograms`, `meta`, and `contrast_sets` + `contrasts` (features separating two token sets).
 """
 
 from __future__ import annotations
@@ -49,6 +49,19 @@ MIGRATIONS: list[str] = [
     CREATE TABLE IF NOT EXISTS histograms (
         feature_id INTEGER PRIMARY KEY, edges TEXT NOT NULL, counts TEXT NOT NULL
     );
+    """,
+    # 2: contrasts between token sets (`thinklens contrast`): one row per (contrast, feature).
+    """
+    CREATE TABLE IF NOT EXISTS contrast_sets (
+        name TEXT PRIMARY KEY, a TEXT NOT NULL, b TEXT NOT NULL, segment TEXT, tokens_a INTEGER NOT NULL,
+        tokens_b INTEGER NOT NULL, traces_a INTEGER NOT NULL, traces_b INTEGER NOT NULL, settings TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS contrasts (
+        name TEXT NOT NULL, feature_id INTEGER NOT NULL, auroc REAL NOT NULL, auroc_low REAL NOT NULL,
+        auroc_high REAL NOT NULL, log2_rate_ratio REAL NOT NULL, ratio_low REAL NOT NULL, ratio_high REAL NOT NULL,
+        rate_a REAL NOT NULL, rate_b REAL NOT NULL, mean_a REAL NOT NULL, mean_b REAL NOT NULL,
+        PRIMARY KEY (name, feature_id)
+    ) WITHOUT ROWID;
     """,
 ]
 

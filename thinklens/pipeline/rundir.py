@@ -122,6 +122,23 @@ class RunDir:
         return self.sweeps / name
 
     @property
+    def findings_json(self) -> Path:
+        return self.root / "findings.json"
+
+    @property
+    def findings_png(self) -> Path:
+        return self.analysis / "findings.png"
+
+    @property
+    def contrasts(self) -> Path:
+        return self.root / "contrasts"
+
+    def contrast_dir(self, name: str) -> Path:
+        if not name or "/" in name or name in (".", ".."):
+            raise ThinklensError(f"contrast name {name!r} must be a plain directory name (no '/')")
+        return self.contrasts / name
+
+    @property
     def report_html(self) -> Path:
         return self.root / "report.html"
 
