@@ -3,6 +3,7 @@ the report in headless Chromium, resume, re-labelling, --from."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 
 from tests.browser import dump_dom
 from thinklens.activations.harvest import HarvestConfig
+from thinklens.analysis.findings import VERDICTS
 from thinklens.cli import app
 from thinklens.pipeline import STAGE_NAMES, RunConfig, RunDir, load_run_config, run, run_stage
 from thinklens.pipeline.report import SECTIONS
@@ -62,6 +64,10 @@ def test_run_from_python_makes_every_artifact_and_records_the_config(piped_run):
     for path in (rundir.report_html, rundir.map_html, rundir.map_png, rundir.features_db, rundir.eval_json,
                  rundir.analysis_json("shift")):
         assert path.is_file(), path
+    findings = json.loads(rundir.findings_json.read_text())["result"]
+    assert [f["claim"] for f in findings["findings"]] == [1, 2, 3, 8]
+    assert all(f["verdict"] in VERDICTS and f["reason"] and f["command"] for f in findings["findings"])
+    assert [u["claim"] for u in findings["untested"]] == [4, 5, 6, 7]
     record = rundir.record()
     assert record.config["collect"]["limit"] == 12 and record.config["collect"]["generation"]["max_new_tokens"] == 24
     assert set(record.stages) >= {"collect", "harvest", "train", "eval", "index", "analyze", "map", "sweep"}
@@ -86,7 +92,8 @@ def test_report_renders_every_section_and_image_in_headless_chromium(piped_run):
     html = (out / "report.html").read_text()
     assert "https://" not in html and "http://" not in html  # self-contained
     images = len(re.findall(r"<img ", html))
-    assert images >= 5  # prefix, sinks, shift, map, and the sweep's behaviour + coherence
+    assert images >= 6  # findings, prefix, sinks, shift, map, and the sweep's behaviour + coherence
+    assert "Findings: the R1 study" in html
     dom = dump_dom(out / "report.html")
     for section in SECTIONS:
         assert f'id="{section}"' in dom, section
@@ -104,7 +111,8 @@ def test_relabelling_redoes_exactly_the_stages_that_show_labels(piped_run):
                            (feature,))
     assert run_stage("label", {}, rundir, progress=False).skipped  # every feature still has a label
     results = dict(zip(STAGE_NAMES, run(load_run_config(config), progress=False), strict=True))
-    assert {name for name, result in results.items() if not result.skipped} == {"analyze", "map", "report"}
+    # findings read shift.json, which shows labels
+    assert {name for name, result in results.items() if not result.skipped} == {"analyze", "findings", "map", "report"}
     assert results["analyze"].resolved == {"written": ["shift"], "up_to_date": ["prefix", "sinks"]}
     assert "edited by hand" in rundir.analysis_json("map").read_text()
 

@@ -88,8 +88,13 @@ def write_feature_map(config: MapConfig, sae_dir: Path, db_path: Path, html_path
     return result, False
 
 
+# Raised when an analysis's result gains content, so that results written before are made again.
+RESULT_VERSIONS = {"prefix": 1, "sinks": 2, "shift": 2}  # sinks 2: per-trace places; shift 2: merged, split-half
+
+
 def _run_one(outcome: AnalysisResult, name: str, out_dir: Path, inputs: dict[str, Any], config: dict[str, Any],
              compute) -> None:
+    inputs = {**inputs, "result_version": RESULT_VERSIONS[name]}
     json_path = out_dir / f"{name}.json"
     png_path = out_dir / f"{name}.png"
     existing = fresh_result(json_path, inputs, config, [png_path])

@@ -31,6 +31,7 @@ from thinklens.progress import progress_bar
 from thinklens.sae.formats import check_width, load_sae
 from thinklens.sae.layer import resolve_sae_layer
 from thinklens.sae.sae import Sae
+from thinklens.stats import group_bootstrap_weights, split_groups
 
 
 class ShiftConfig(BaseModel):
@@ -87,6 +88,10 @@ class ShiftReport:
     firings: dict[str, int]
     divergences: list[Divergence]
     enriched: dict[str, list[EnrichedFeature]]
+    # The prompt with its opening prefix taken as one (the study's grouping), against thinking and answer.
+    merged_divergences: list[Divergence] = field(default_factory=list)
+    # Noise floor: JSD between two random halves of one segment's sequence groups (no shift at all).
+    split_half: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -123,6 +128,8 @@ def segment_shift(sae_dir: Path, activations_dir: Path, db_path: Path, config: S
         firings={SEGMENT_NAMES[s]: int(segment_counts[s].sum()) for s in range(len(SEGMENT_NAMES))},
         divergences=_divergences(counts, present, config),
         enriched=enriched,
+        merged_divergences=_merged_divergences(counts, present, config),
+        split_half=_split_half(counts, present, config),
     )
     return report, rates
 
@@ -164,18 +171,37 @@ def jensen_shannon(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def _divergences(counts: np.ndarray, present: list[int], config: ShiftConfig) -> list[Divergence]:
-    generator = np.random.default_rng(config.seed)
-    groups = counts.shape[0]
-    # Each resample draws groups with replacement: weights (bootstrap, groups) multiply the counts.
-    weights = np.stack([np.bincount(generator.integers(0, groups, groups), minlength=groups)
-                        for _ in range(config.bootstrap)]).astype(np.float64)
+    pairs = [((SEGMENT_NAMES[a], [a]), (SEGMENT_NAMES[b], [b])) for i, a in enumerate(present) for b in present[i + 1:]]
+    return _divergence_of(counts, pairs, config)
+
+
+def _split_half(counts: np.ndarray, present: list[int], config: ShiftConfig) -> dict[str, float]:
+    """Per segment, the JSD between two random halves of its sequence groups: what sampling alone gives."""
+    first, second = split_groups(counts.shape[0], config.seed)
+    return {SEGMENT_NAMES[s]: float(jensen_shannon(counts[first, s].sum(0).astype(np.float64),
+                                                   counts[second, s].sum(0).astype(np.float64))) for s in present}
+
+
+def _merged_divergences(counts: np.ndarray, present: list[int], config: ShiftConfig) -> list[Divergence]:
+    prompt, prefix = SEGMENT_NAMES.index("prompt"), SEGMENT_NAMES.index("prefix")
+    merged = [s for s in (prompt, prefix) if s in present]
+    if not merged:
+        return []
+    others = [s for s in present if s not in (prompt, prefix)]
+    return _divergence_of(counts, [(("prompt+prefix", merged), (SEGMENT_NAMES[s], [s])) for s in others], config)
+
+
+def _divergence_of(counts: np.ndarray, pairs: list[tuple[tuple[str, list[int]], tuple[str, list[int]]]],
+                   config: ShiftConfig) -> list[Divergence]:
+    """JSD of each pair of (named) segment sets, with its group-bootstrap 95 % interval."""
+    weights = group_bootstrap_weights(counts.shape[0], config.bootstrap, config.seed)  # (bootstrap, groups)
     results = []
-    for i, a in enumerate(present):
-        for b in present[i + 1:]:
-            observed = float(jensen_shannon(counts[:, a].sum(0).astype(np.float64), counts[:, b].sum(0).astype(np.float64)))
-            resampled = jensen_shannon(weights @ counts[:, a], weights @ counts[:, b])  # (bootstrap,)
-            low, high = np.quantile(resampled, [0.025, 0.975])
-            results.append(Divergence(SEGMENT_NAMES[a], SEGMENT_NAMES[b], observed, float(low), float(high)))
+    for (name_a, a), (name_b, b) in pairs:
+        counts_a, counts_b = counts[:, a].sum(axis=1), counts[:, b].sum(axis=1)  # (groups, d_sae)
+        observed = float(jensen_shannon(counts_a.sum(0).astype(np.float64), counts_b.sum(0).astype(np.float64)))
+        resampled = jensen_shannon(weights @ counts_a, weights @ counts_b)  # (bootstrap,)
+        low, high = np.quantile(resampled, [0.025, 0.975])
+        results.append(Divergence(name_a, name_b, observed, float(low), float(high)))
     return results
 
 

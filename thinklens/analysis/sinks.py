@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +84,9 @@ class SinkReport:
     places: list[PlaceStats]
     per_layer: dict[str, dict[str, list[float]]]  # place -> metric -> one value per layer
     aligned: dict[str, list[float]]  # offsets and metric curves around the prefix end (first token left out)
+    # One entry per trace: place -> positions and that trace's means over them (NaN where it has none),
+    # so that statistics of the places can be bootstrapped over traces.
+    per_trace: list[dict[str, dict[str, float]]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -271,7 +274,25 @@ def _summarise(maps: list[_TraceMaps], config: SinkConfig, heads: int) -> SinkRe
             "sink_share": (layer_means["sink_heads"] / heads).tolist(),
         }
     return SinkReport(traces=len(maps), layers=n_layers, heads=heads, sink_threshold=config.sink_threshold,
-                      places=places, per_layer=per_layer, aligned=_aligned(maps, config.window, heads))
+                      places=places, per_layer=per_layer, aligned=_aligned(maps, config.window, heads),
+                      per_trace=[_trace_places(trace, heads) for trace in maps])
+
+
+def _trace_places(trace: _TraceMaps, heads: int) -> dict[str, dict[str, float]]:
+    """One trace's means per place: attention received, norm ratio and sink share (over layers and heads)."""
+    summary = {}
+    for index, place in enumerate(PLACES):
+        columns = trace.places == index
+        if not columns.any():
+            continue
+        attention = trace.attention_mass[:, columns]
+        summary[place] = {
+            "positions": int(columns.sum()),
+            "attention_mass": float(np.nanmean(attention)) if np.isfinite(attention).any() else float("nan"),
+            "norm_ratio": float(trace.norm_ratio[:, columns].mean()),
+            "sink_share": float(np.nanmean(trace.sink_heads[:, columns]) / heads),
+        }
+    return summary
 
 
 def _aligned(maps: list[_TraceMaps], window: int, heads: int) -> dict[str, list[float]]:

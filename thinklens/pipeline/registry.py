@@ -9,7 +9,18 @@ from __future__ import annotations
 from thinklens.errors import ThinklensError
 from thinklens.pipeline import report
 from thinklens.pipeline.stage import Stage
-from thinklens.pipeline.stages import analyze, collect, eval, harvest, index, label, map, sweep, train
+from thinklens.pipeline.stages import (
+    analyze,
+    collect,
+    eval,
+    findings,
+    harvest,
+    index,
+    label,
+    map,
+    sweep,
+    train,
+)
 
 STAGES: tuple[Stage, ...] = (
     collect.STAGE,
@@ -19,6 +30,7 @@ STAGES: tuple[Stage, ...] = (
     index.STAGE,
     label.STAGE,
     analyze.STAGE,
+    findings.STAGE,
     map.STAGE,
     sweep.STAGE,
     report.STAGE,

@@ -1,6 +1,6 @@
 """report.html: one self-contained page a researcher reads after a run (works offline).
 
-Sections: run summary (model, layer, tokens, SAE metrics), prefix statistics, massive activations and
+Sections: the findings (each claim of the R1 study with its number, interval and verdict), run summary (model, layer, tokens, SAE metrics), prefix statistics, massive activations and
 attention sinks, segment shift, the most segment-specific features with their top examples, the
 feature map (static image embedded, interactive map.html linked), the steering sweep (plots and
 regime table), and the commands that reproduce each part. Images are embedded as data URIs. The page
@@ -26,7 +26,7 @@ from thinklens.pipeline.rundir import RunDir
 from thinklens.pipeline.stage import Stage, StageResult
 from thinklens.sae.formats import read_sae_card
 
-SECTIONS = ("summary", "prefix", "sinks", "shift", "features", "map", "steering", "reproduce")
+SECTIONS = ("findings", "summary", "prefix", "sinks", "shift", "features", "map", "steering", "reproduce")
 
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; margin: 0 auto; max-width: 1180px;
@@ -40,6 +40,8 @@ code, pre { background: #f5f5f7; border-radius: 4px; } pre { padding: .7rem; ove
 .example mark { background: #ffd54f; } .muted { color: #6e6e73; font-size: .9rem; }
 .regime-unchanged { background: #eee; } .regime-steered { background: #c8eec8; }
 .regime-reverted { background: #f8e1b0; } .regime-broken { background: #f4c1c1; }
+.verdict-reproduced { background: #dcf2dc; } .verdict-not-reproduced { background: #f8dada; }
+.verdict-inconclusive { background: #eee; } .verdict-untested { color: #6e6e73; }
 """
 
 # Marks the body with how many images decoded, so a headless browser's DOM dump can check them.
@@ -79,7 +81,7 @@ def render_report(rundir: RunDir) -> str:
         f"<h1>thinklens report · {html.escape(str(facts['title']))}</h1>",
         f"<p class=muted>run directory <code>{html.escape(str(run.resolve()))}</code></p>",
         "<nav>" + "".join(f"<a href='#{name}'>{name}</a>" for name in SECTIONS) + "</nav>",
-        _summary(facts), _prefix(rundir, facts), _sinks(rundir, facts), _shift(rundir, facts), _features(facts),
+        _findings(rundir, facts), _summary(facts), _prefix(rundir, facts), _sinks(rundir, facts), _shift(rundir, facts), _features(facts),
         _map(rundir, facts), _steering(rundir, facts), _reproduce(rundir, facts),
     ]
     return (
@@ -92,7 +94,8 @@ def render_report(rundir: RunDir) -> str:
 # ----------------------------------------------------------------------------------------- inputs
 def _input_files(rundir: RunDir) -> list[Path]:
     """Every file the page shows something of (the traces, the SAE, eval, analyses, map, sweeps)."""
-    named = [rundir.run_yaml, rundir.eval_json, rundir.sae_cfg, rundir.map_png, rundir.trace_store.meta_path]
+    named = [rundir.run_yaml, rundir.eval_json, rundir.sae_cfg, rundir.map_png, rundir.trace_store.meta_path,
+             rundir.findings_json, rundir.findings_png]
     named += [rundir.analysis_json(name) for name in ("prefix", "sinks", "shift", "map")]
     named += [rundir.analysis_png(name) for name in ("prefix", "sinks", "shift")]
     files = [path for path in named if path.is_file()]
@@ -124,6 +127,7 @@ def _load(rundir: RunDir) -> dict[str, Any]:
         "traces": summarize_traces(store) if store.meta() else {},
         "prefix": result("prefix"), "sinks": result("sinks"), "shift": result("shift"), "map": result("map"),
         "sweeps": sweeps,
+        "findings": json.loads(rundir.findings_json.read_text())["result"] if rundir.findings_json.is_file() else None,
     }
 
 
@@ -166,6 +170,28 @@ def _pct(value: Any) -> str:
 
 def _num(value: Any, digits: int = 3) -> str:
     return "–" if value is None or value != value else f"{value:.{digits}g}"
+
+
+def _findings(rundir: RunDir, facts: dict[str, Any]) -> str:
+    findings = facts["findings"]
+    if findings is None:
+        return _section("findings", "Findings", _missing(f"thinklens findings {rundir.root}"))
+    rows = [[str(f["claim"]), html.escape(f["statement"]), html.escape(f["metric"]), _num(f["value"]),
+             f"[{_num(f['low'])}, {_num(f['high'])}]", _num(f["bar"]),
+             f"<b>{html.escape(f['verdict'])}</b><br><span class=muted>{html.escape(f['reason'])}</span>",
+             f"<code>{html.escape(f['command'])}</code>"] for f in findings["findings"]]
+    rows += [[str(u["claim"]), html.escape(u["statement"]), "–", "–", "–", "–", f"untested: {html.escape(u['reason'])}",
+              ""] for u in findings["untested"]]
+    return _section(
+        "findings", "Findings: the R1 study's claims on this run",
+        "<p class=muted>Verdict rule: <b>reproduced</b> when the whole 95 % interval lies on the claim's side of the "
+        "bar, <b>not reproduced</b> when it lies on the other side, <b>inconclusive</b> when it contains the bar or "
+        "the number cannot be measured here. A claim this run does not show is a result.</p>",
+        _table(["claim", "the study says", "measured", "value", "95 % interval", "bar", "verdict", "command"], rows,
+               [f"verdict-{f['verdict'].replace(' ', '-')}" for f in findings["findings"]]
+               + ["verdict-untested"] * len(findings["untested"])),
+        _image(rundir.findings_png, "each claim's number and interval against its bar"),
+    )
 
 
 def _summary(facts: dict[str, Any]) -> str:
@@ -339,7 +365,7 @@ STAGE = Stage(
     config=ReportConfig,
     run=run,
     help="Write RUN/report.html: one self-contained page with every section of the run.",
-    reads=("run_yaml", "traces", "sae", "eval_json", "analysis", "map_png", "sweeps"),
+    reads=("run_yaml", "traces", "sae", "eval_json", "analysis", "map_png", "sweeps", "findings_json"),
     writes=("report_html", "report_json"),
     recorded=False,  # run.yaml is one of its inputs: recording itself there would make it stale at once
 )
