@@ -117,9 +117,7 @@ class RunDir:
         return self.root / "sweeps"
 
     def sweep_dir(self, name: str) -> Path:
-        if not name or "/" in name or name in (".", ".."):
-            raise ThinklensError(f"sweep name {name!r} must be a plain directory name (no '/')")
-        return self.sweeps / name
+        return self.sweeps / _plain_name("sweep", name)
 
     @property
     def findings_json(self) -> Path:
@@ -134,9 +132,7 @@ class RunDir:
         return self.root / "contrasts"
 
     def contrast_dir(self, name: str) -> Path:
-        if not name or "/" in name or name in (".", ".."):
-            raise ThinklensError(f"contrast name {name!r} must be a plain directory name (no '/')")
-        return self.contrasts / name
+        return self.contrasts / _plain_name("contrast", name)
 
     @property
     def report_html(self) -> Path:
@@ -224,3 +220,10 @@ class RunDir:
             shutil.rmtree(path)
             return True
         return False
+
+
+def _plain_name(kind: str, name: str) -> str:
+    """`name` when it is one plain directory name (a sweep's or a contrast's), so it stays inside RUN."""
+    if not name or "/" in name or name in (".", ".."):
+        raise ThinklensError(f"{kind} name {name!r} must be a plain directory name (no '/')")
+    return name
