@@ -224,12 +224,7 @@ def _enriched(counts: np.ndarray, tokens: np.ndarray, segment: int, present: lis
             rate=float(inside[f] / tokens[segment]),
             rate_elsewhere=float(outside[f] / tokens_out),
             log2_enrichment=float(score[f]),
-            examples=[
-                {"before": before, "token": token, "after": after, "strength": example.strength,
-                 "sequence_id": example.sequence_id, "token_idx": example.token_idx}
-                for example in db.examples(f, top=config.examples, window=8)
-                for before, token, after in [example.parts()]
-            ],
+            examples=[example.to_json() for example in db.examples(f, top=config.examples, window=8)],
         )
         for f in order
     ]

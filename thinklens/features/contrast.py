@@ -497,10 +497,7 @@ def _listed(scores: dict[str, np.ndarray], firings: np.ndarray, means: np.ndarra
 
 def _feature(f: int, scores: dict[str, np.ndarray], means: np.ndarray, labels: dict[int, str], db: FeatureDB,
              config: ContrastConfig) -> ContrastFeature:
-    examples = [{"before": before, "token": token, "after": after, "strength": example.strength,
-                 "sequence_id": example.sequence_id, "token_idx": example.token_idx}
-                for example in db.examples(f, top=config.examples, window=8)
-                for before, token, after in [example.parts()]] if config.examples else []
+    examples = [example.to_json() for example in db.examples(f, top=config.examples, window=8)]
     return ContrastFeature(f, *(float(scores[key][f]) for key in SCORE_KEYS), float(means[0, f]), float(means[1, f]),
                            label=labels.get(f), examples=examples)
 

@@ -12,6 +12,7 @@ import json
 import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -46,6 +47,12 @@ class Example:
         at = "".join(text for idx, text in self.tokens if idx == self.token_idx)
         after = "".join(text for idx, text in self.tokens if idx > self.token_idx)
         return before, at, after
+
+    def to_json(self) -> dict[str, Any]:
+        """The example as analyses and contrasts store it: its three parts, strength and position."""
+        before, token, after = self.parts()
+        return {"before": before, "token": token, "after": after, "strength": self.strength,
+                "sequence_id": self.sequence_id, "token_idx": self.token_idx}
 
 
 @dataclass
