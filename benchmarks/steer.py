@@ -5,7 +5,10 @@ Arms (interleaved over rounds, medians):
 - steered, zero strength: the full steering machinery (after_prefix detection during generation,
   position masks, the edit) with a zero edit, so the tokens are identical and the ratio is pure
   overhead;
-- steered: a real edit (tokens differ, so this rate is informative, not comparable 1:1).
+- steered: a real edit (tokens differ, so this rate is informative, not comparable 1:1);
+- sweep point: what one point of a sweep does, the steered generation *and* its measures (perplexity
+  and read-back under the unsteered model), with the read-back passes batched (as `run_sweep` does)
+  and one pass per sample (as it did); the issue's figure is sweep tokens/s ÷ unsteered tokens/s.
 
     .venv/bin/python benchmarks/steer.py RUN [--feature F --prompts 16 --max-new-tokens 96]
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 
 from thinklens.models.generate import Sampling
 from thinklens.steering.from_run import open_variant, run_prompts
+from thinklens.steering.metrics import unsteered_readout, unsteered_readouts
 
 
 def timed(variant, prompts, max_new_tokens) -> tuple[float, int, list[list[int]]]:
@@ -26,6 +30,17 @@ def timed(variant, prompts, max_new_tokens) -> tuple[float, int, list[list[int]]
     outputs = variant.generate(prompts, max_new_tokens, Sampling(greedy=True), seed=0)
     seconds = time.perf_counter() - started
     return seconds, sum(len(o.token_ids) - o.generation_start for o in outputs), [o.token_ids for o in outputs]
+
+
+def timed_sweep_point(variant, prompts, max_new_tokens, feature, batched: bool) -> tuple[float, int]:
+    started = time.perf_counter()
+    outputs = variant.generate(prompts, max_new_tokens, Sampling(greedy=True), seed=0)
+    if batched:
+        unsteered_readouts(variant.loaded, variant.sae, feature, variant.layer, outputs)
+    else:
+        for output in outputs:
+            unsteered_readout(variant.loaded, variant.sae, feature, variant.layer, output)
+    return time.perf_counter() - started, sum(len(o.token_ids) - o.generation_start for o in outputs)
 
 
 def main() -> None:
@@ -52,6 +67,14 @@ def main() -> None:
             seconds, tokens, ids = timed(variant, prompts, args.max_new_tokens)
             rates[name].append(tokens / seconds)
             tokens_of[name] = ids
+    for batched in (True, False):
+        name = f"sweep point ({'batched' if batched else 'per-sample'} read-back)"
+        rates[name] = []
+        for _ in range(args.rounds):
+            variant.reset()
+            variant.set(args.feature, args.strength, policy="after_prefix")
+            seconds, tokens = timed_sweep_point(variant, prompts, args.max_new_tokens, args.feature, batched)
+            rates[name].append(tokens / seconds)
     median = {name: statistics.median(values) for name, values in rates.items()}
     print(f"{len(prompts)} prompts, {args.max_new_tokens} new tokens, greedy, policy after_prefix, "
           f"median of {args.rounds} rounds")
@@ -62,6 +85,9 @@ def main() -> None:
     name = f"steered, strength {args.strength:g}"
     print(f"ratio steered (strength {args.strength:g}) / unsteered: {median[name] / median['unsteered']:.3f} "
           "(different tokens)")
+    for kind in ("batched", "per-sample"):
+        print(f"ratio sweep point ({kind} read-back) / unsteered: "
+              f"{median[f'sweep point ({kind} read-back)'] / median['unsteered']:.3f}")
 
 
 if __name__ == "__main__":

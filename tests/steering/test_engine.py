@@ -148,3 +148,16 @@ def test_the_steering_layer_follows_the_one_rule(variant_parts):
     variant.generate(PROMPTS[:1], 2, Sampling(greedy=True))  # unsteered generation needs no layer
     with pytest.raises(ThinklensError, match=r"names no layer: pass layer= to Variant.* \(layers in the model .*: 0, 1\)"):
         variant.set(feature=3, strength=1.0).generate(PROMPTS[:1], 2, Sampling(greedy=True))
+
+
+def test_batched_readouts_equal_the_per_sample_ones(variant_parts):
+    from thinklens.steering.metrics import unsteered_readout, unsteered_readouts
+
+    loaded, sae, _ = variant_parts
+    variant = _variant(variant_parts, "first_token")
+    outputs = variant.generate(PROMPTS, max_new_tokens=10, sampling=Sampling(greedy=True))
+    assert len({len(o.token_ids) for o in outputs}) > 1  # rows of different lengths: the batch is padded
+    batched = unsteered_readouts(loaded, sae, 3, 1, outputs)
+    for output, (perplexity, readback) in zip(outputs, batched, strict=True):
+        alone = unsteered_readout(loaded, sae, 3, 1, output)
+        assert perplexity == pytest.approx(alone[0], rel=1e-4) and readback == pytest.approx(alone[1], rel=1e-4, abs=1e-6)

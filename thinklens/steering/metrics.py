@@ -63,14 +63,51 @@ def unsteered_readout(loaded: LoadedModel, sae: Sae | None, feature: int | None,
     return float(nll.exp()), readback
 
 
+@torch.no_grad()
+def unsteered_readouts(loaded: LoadedModel, sae: Sae | None, feature: int | None, layer: int,
+                       outputs: Sequence[SteeredOutput]) -> list[tuple[float, float]]:
+    """`unsteered_readout` of every output in one right-padded forward pass (causal attention: the padding
+    after a row changes none of its positions)."""
+    width = max(len(output.token_ids) for output in outputs)
+    ids = torch.zeros(len(outputs), width, dtype=torch.long)
+    mask = torch.zeros(len(outputs), width, dtype=torch.long)
+    for row, output in enumerate(outputs):
+        ids[row, : len(output.token_ids)] = torch.tensor(output.token_ids)
+        mask[row, : len(output.token_ids)] = 1
+    ids, mask = ids.to(loaded.device), mask.to(loaded.device)
+    with capture_resid_post(loaded.model, [layer], stop_early=False) as captured:
+        logits = loaded.model(ids, attention_mask=mask).logits.float()
+    readouts = []
+    for row, output in enumerate(outputs):
+        start, end = output.generation_start, len(output.token_ids)
+        if end <= start:
+            readouts.append((math.nan, math.nan))
+            continue
+        nll = torch.nn.functional.cross_entropy(logits[row, start - 1 : end - 1], ids[row, start:end])
+        readback = math.nan
+        if sae is not None and feature is not None:
+            hidden = captured[layer][row, start:end].float().to(sae.device)
+            readback = float(sae.encode(hidden, batch_dependent=False).dense()[:, feature].mean())
+        readouts.append((float(nll.exp()), readback))
+    return readouts
+
+
+def perplexities(loaded: LoadedModel, layer: int, outputs: Sequence[SteeredOutput]) -> list[float]:
+    """Perplexity of each output's generated tokens under the unsteered model, in one padded pass."""
+    return [perplexity for perplexity, _ in unsteered_readouts(loaded, None, None, layer, outputs)]
+
+
 def measure(output: SteeredOutput, loaded: LoadedModel, sae: Sae | None, feature: int | None, layer: int,
-            reference: str | None, backtrack_words: Sequence[str], regex: re.Pattern[str] | None) -> SampleMetrics:
+            reference: str | None, backtrack_words: Sequence[str], regex: re.Pattern[str] | None,
+            readout: tuple[float, float] | None = None) -> SampleMetrics:
+    """Every measure of one sample; `readout` is its (perplexity, read-back) when already computed for a
+    batch (`unsteered_readouts`), else it is computed here."""
     segments = output.trace.segments
     completion = output.completion
     visible = visible_text(loaded.tokenizer, completion)
     answer_text = output.trace.text_of(segments.thinking_end, segments.n_tokens) if segments.thinking_closed else ""
     answer = extract_answer(answer_text or visible)
-    perplexity, readback = unsteered_readout(loaded, sae, feature, layer, output)
+    perplexity, readback = readout or unsteered_readout(loaded, sae, feature, layer, output)
     thinking_end = segments.thinking_end if segments.has_thinking else output.generation_start
     return SampleMetrics(
         thinking_tokens=max(0, thinking_end - output.generation_start),

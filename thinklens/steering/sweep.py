@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -22,7 +23,7 @@ from thinklens.files import atomic_path, write_json_atomic
 from thinklens.models.generate import Sampling
 from thinklens.models.loader import resolve_device
 from thinklens.progress import progress_bar
-from thinklens.steering.metrics import SampleMetrics, measure
+from thinklens.steering.metrics import SampleMetrics, measure, unsteered_readouts
 from thinklens.steering.plots import plot_sweep
 from thinklens.steering.regimes import PointSummary, RegimeThresholds, oversteering_pattern, summarise
 from thinklens.steering.variant import Variant
@@ -51,6 +52,16 @@ class SweepConfig(BaseModel):
         default="auto", description="Where the model and the SAE run (`open_variant`'s device): 'auto' (cuda when "
         "available, else cpu), 'cpu', 'cuda:1', ..."
     )
+
+
+def strengths_from_text(value: Any) -> Any:
+    """A strength grid given as text ("0,1,2,4", from the command line) as a tuple; anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return tuple(float(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"strengths must be numbers separated by commas, e.g. 0,1,2,4 (got {value!r})") from None
 
 
 @dataclass
@@ -82,9 +93,10 @@ def run_sweep(config: SweepConfig, variant: Variant, prompts: Sequence[PromptRec
                     variant.set(config.feature, strength, policy=policy, mode=config.mode)
                     variant.absolute = config.absolute
                 outputs = variant.generate([r.prompt for r in batch], config.max_new_tokens, sampling, seed=config.seed)
+                readouts = unsteered_readouts(variant.loaded, variant.sae, config.feature, variant.layer, outputs)
                 for index, (record, output) in enumerate(zip(batch, outputs, strict=True)):
                     metrics = measure(output, variant.loaded, variant.sae, config.feature, variant.layer,
-                                      record.answer, config.backtrack_words, regex)
+                                      record.answer, config.backtrack_words, regex, readouts[index])
                     rows.append(_row(policy, strength, record, index % config.samples, config, output, metrics))
                 bar.advance(1, tokens=sum(len(o.token_ids) - o.generation_start for o in outputs))
     with atomic_path(directory / "samples.jsonl") as temp:

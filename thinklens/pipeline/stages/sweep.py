@@ -13,7 +13,7 @@ from thinklens.models.loader import file_sha256
 from thinklens.pipeline.rundir import RunDir
 from thinklens.pipeline.stage import Stage, StageResult, Table
 from thinklens.steering.engine import check_policy
-from thinklens.steering.sweep import SweepConfig, run_sweep
+from thinklens.steering.sweep import SweepConfig, run_sweep, strengths_from_text
 
 ENRICHED_ORDER = ("thinking", "prefix", "answer", "prompt")  # where `feature: auto` looks, in turn
 
@@ -29,12 +29,7 @@ class SweepStageConfig(SweepConfig):
     @field_validator("strengths", mode="before")
     @classmethod
     def _strengths_text(cls, value: Any) -> Any:
-        if not isinstance(value, str):
-            return value
-        try:
-            return tuple(float(part) for part in value.split(",") if part.strip())
-        except ValueError:
-            raise ValueError(f"strengths must be numbers separated by commas, e.g. 0,1,2,4 (got {value!r})") from None
+        return strengths_from_text(value)
 
     @field_validator("policies", mode="before")
     @classmethod
