@@ -1,4 +1,5 @@
-"""Statistics shared by the layers: a share with its Wilson score interval; group bootstrap weights."""
+"""Statistics shared by the layers: a share with its Wilson score interval, the difference of two shares,
+group bootstrap weights and a random split of groups."""
 
 from __future__ import annotations
 
@@ -50,3 +51,14 @@ def split_groups(groups: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     compare one prompt set with the other."""
     order = np.random.default_rng(seed).permutation(groups)
     return np.sort(order[: groups // 2]), np.sort(order[groups // 2:])
+
+
+def rate_difference(first: Rate, second: Rate) -> tuple[float, float, float]:
+    """first.share − second.share with Newcombe's 95 % interval (the hybrid score interval, from the two
+    Wilson intervals): sound near 0 and 1, where the normal approximation is not."""
+    p, q = first.share, second.share
+    if first.n == 0 or second.n == 0:
+        return float("nan"), float("nan"), float("nan")
+    low = (p - q) - math.sqrt((p - first.low) ** 2 + (second.high - q) ** 2)
+    high = (p - q) + math.sqrt((first.high - p) ** 2 + (q - second.low) ** 2)
+    return p - q, low, high

@@ -20,10 +20,18 @@ The claims measured here, their numbers and bars:
    JSD(prompt+prefix, thinking) and JSD(thinking, answer) over the SAE's feature distributions
    (group bootstrap); bar max(0.1 bit, 5 × the largest split-half JSD, the noise floor).
 8. "Features for specific operations (division vs multiplication)": the AUROC, on held-out traces, of
-   the best ÷ feature and of the best × feature at telling the thinking tokens of ÷ problems from
-   those of × problems (the smaller of the two; group bootstrap); bar 0.9.
-Claims 4–7 (steering from the first token fails, the operator swap, shorter thinking, the
-oversteering paradox) need steering sweeps; they are listed as untested until those experiments run.
+   the best ÷ feature and of the best × feature at telling ÷ problems from × problems by their
+   thinking (the smaller of the two; group bootstrap, at least a Wilson interval); bar 0.9.
+The operator-swap sweep (`thinklens.analysis.swap`: ÷ problems pushed with the × feature and the
+reverse, at each strength and position policy) gives three more; a point counts only unbroken:
+5. "Swapping a problem's operator with SAE features": the share of answers equal to the swapped
+   operator's result at the best unbroken after_prefix strength (Wilson); bar 0.5 (most answers).
+4. "Steering from the first token fails; after the prefix it works": that share minus first_token's
+   best (or the unsteered share, when every first_token point broke), Newcombe's interval; bar 0.
+7. "Oversteering: it reverts before it breaks": the fall of the swapped share from the after_prefix
+   peak to the lowest unbroken stronger point (Newcombe); bar 0. Not measurable when no strength
+   moved the share clear of the baseline's, or when nothing unbroken lies beyond the peak.
+Claim 6 (shorter thinking) is listed as untested until its experiment runs.
 """
 
 from __future__ import annotations
@@ -36,16 +44,14 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from thinklens.analysis.swap import SwapConfig
 from thinklens.figures import pyplot, save_figure
-from thinklens.stats import group_bootstrap_weights, rate
+from thinklens.stats import Rate, group_bootstrap_weights, rate, rate_difference
 
 Verdict = Literal["reproduced", "not reproduced", "inconclusive"]
 VERDICTS: tuple[str, ...] = ("reproduced", "not reproduced", "inconclusive")
 UNTESTED = {
-    4: "Steering from the first token of the response fails; it works after the prefix.",
-    5: "Steering example 1: swapping a maths problem's operator (× ↔ ÷) with SAE features.",
     6: "Steering example 2: decreasing the time spent thinking.",
-    7: "The oversteering paradox: pushed too hard, the model reverts before it breaks.",
 }
 
 
@@ -57,6 +63,9 @@ class FindingsConfig(BaseModel):
     bootstrap: int = Field(default=1000, ge=100, description="Bootstrap resamples for the sink ratio's interval.")
     seed: int = Field(default=0, description="Seed of the bootstraps.")
     operator_segment: str = Field(default="thinking", description="Segment whose tokens the operator contrast reads.")
+    swap: SwapConfig = Field(default_factory=SwapConfig, description="The operator-swap sweep (claims 4, 5, 7).")
+    skip_swap: bool = Field(default=False, description="Leave out the operator-swap sweep (it generates).")
+    device: str = Field(default="auto", description="Where the model and the SAE run for the sweep.")
 
 
 @dataclass
@@ -199,6 +208,89 @@ def operator_finding(divide: dict[str, Any] | None, run: Path, segment: str) -> 
                "tokens": divide["tokens"], "traces": divide["traces"]}
     return _finding(8, "Operator features", statement, metric, weaker["auroc"],
                     min(h["low"] for h in held.values()), min(h["high"] for h in held.values()), 0.9, command, details)
+
+
+def _coherent_best(points: list[dict[str, Any]], policy: str) -> dict[str, Any] | None:
+    """The steered, unbroken point of `policy` with the largest share of swapped answers."""
+    candidates = [p for p in points if p["policy"] == policy and p["strength"] > 0 and not p["broken"]]
+    return max(candidates, key=lambda p: (p["swapped"]["hits"] / p["swapped"]["n"], -p["strength"]), default=None)
+
+
+def _share(point: dict[str, Any]) -> Rate:
+    return Rate(**point["swapped"])
+
+
+def swap_findings(swap: dict[str, Any] | None, run: Path) -> list[Finding]:
+    """Claims 4, 5 and 7 from the operator-swap sweep (`thinklens.analysis.swap`)."""
+    command = f"thinklens findings {run}"
+    claims = {
+        4: ("Steering works after the prefix, not from the first token",
+            "Steering from the first token of the response fails; it works after the prefix.",
+            "swapped-answer share at the best unbroken strength, after_prefix minus first_token (Newcombe 95 %)"),
+        5: ("Operator swap", "Steering example 1: swapping a maths problem's operator (× ↔ ÷) with SAE features.",
+            "share of answers equal to the swapped operator's result at the best unbroken after_prefix strength "
+            "(Wilson 95 %)"),
+        7: ("The oversteering paradox", "Pushed too hard, the model reverts to its unsteered behaviour before, at "
+            "still higher strengths, it breaks.",
+            "fall of the swapped share from its after_prefix peak to the lowest unbroken stronger point "
+            "(Newcombe 95 %)"),
+    }
+    bars = {4: 0.0, 5: 0.5, 7: 0.0}
+
+    def unmeasured(claim: int, reason: str, details: dict[str, Any] | None = None) -> Finding:
+        title, statement, metric = claims[claim]
+        return _finding(claim, title, statement, metric, math.nan, math.nan, math.nan, bars[claim], command,
+                        details or {}, forced=reason)
+
+    if swap is None:
+        return [unmeasured(c, "no ÷ and × operator features to steer with (claim 8's contrast found none)")
+                for c in (4, 5, 7)]
+    points = swap["points"]
+    details = {"features": swap["features"], "prompts": swap["prompts"], "points": [
+        {key: p[key] for key in ("policy", "strength", "broken", "perplexity")}
+        | {"swapped": str(Rate(**p["swapped"])), "correct": str(Rate(**p["correct"])),
+           "operation_swapped": str(Rate(**p["operation_swapped"])) if p.get("operation_swapped") else None}
+        for p in points], "steer_with": swap.get("steer_with", "feature")}
+    after, first = _coherent_best(points, "after_prefix"), _coherent_best(points, "first_token")
+    baseline = next(p for p in points if p["strength"] == 0.0)
+    findings = []
+    if after is None:
+        findings += [unmeasured(5, "every steered after_prefix point broke: a finer grid of smaller strengths would "
+                                "decide", details)]
+    else:
+        share = _share(after)
+        findings.append(_finding(5, *claims[5], share.share, share.low, share.high, bars[5], command,
+                                 {**details, "best_strength": after["strength"]}))
+    if after is None:
+        findings.append(unmeasured(4, "no unbroken after_prefix point to compare", details))
+    else:
+        other = first or baseline  # first_token breaking at every strength is it failing: compare with no steering
+        value, low, high = rate_difference(_share(after), _share(other))
+        findings.append(_finding(4, *claims[4], value, low, high, bars[4], command,
+                                 {**details, "after_prefix_strength": after["strength"],
+                                  "first_token_strength": other["strength"]}))
+    findings.append(_paradox(points, after, baseline, claims[7], bars[7], command, details))
+    return sorted(findings, key=lambda f: f.claim)
+
+
+def _paradox(points: list[dict[str, Any]], peak: dict[str, Any] | None, baseline: dict[str, Any],
+             claim: tuple[str, str, str], bar: float, command: str, details: dict[str, Any]) -> Finding:
+    def unmeasured(reason: str) -> Finding:
+        return _finding(7, *claim, math.nan, math.nan, math.nan, bar, command, details, forced=reason)
+
+    if peak is None or _share(peak).low <= _share(baseline).high:
+        return unmeasured("no after_prefix strength moved the swapped share clear of the baseline's, so there is "
+                          "nothing to revert from")
+    stronger = [p for p in points if p["policy"] == "after_prefix" and p["strength"] > peak["strength"]]
+    coherent = [p for p in stronger if not p["broken"]]
+    if not coherent:
+        return unmeasured("past its peak the after_prefix sweep has no unbroken strength (it breaks at once): a finer "
+                          "grid would decide")
+    reverted = min(coherent, key=lambda p: _share(p).share)
+    value, low, high = rate_difference(_share(peak), _share(reverted))
+    return _finding(7, *claim, value, low, high, bar, command,
+                    {**details, "peak_strength": peak["strength"], "reverted_strength": reverted["strength"],
+                     "breaks_later": any(p["broken"] for p in stronger if p["strength"] > reverted["strength"])})
 
 
 def _brief(feature: dict[str, Any]) -> dict[str, Any]:

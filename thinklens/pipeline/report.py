@@ -97,7 +97,7 @@ def _input_files(rundir: RunDir) -> list[Path]:
     named = [rundir.run_yaml, rundir.eval_json, rundir.sae_cfg, rundir.map_png, rundir.trace_store.meta_path,
              rundir.findings_json, rundir.findings_png]
     named += [rundir.analysis_json(name) for name in ("prefix", "sinks", "shift", "map")]
-    named += [rundir.analysis_png(name) for name in ("prefix", "sinks", "shift")]
+    named += [rundir.analysis_png(name) for name in ("prefix", "sinks", "shift", "swap")]
     files = [path for path in named if path.is_file()]
     files += rundir.trace_store.parts()
     files += sorted(p for p in rundir.sweeps.glob("*/*") if p.suffix in (".json", ".png") and p.name != "sweep.json")
@@ -191,6 +191,8 @@ def _findings(rundir: RunDir, facts: dict[str, Any]) -> str:
                [f"verdict-{f['verdict'].replace(' ', '-')}" for f in findings["findings"]]
                + ["verdict-untested"] * len(findings["untested"])),
         _image(rundir.findings_png, "each claim's number and interval against its bar"),
+        _image(rundir.analysis_png("swap"), "operator swap: swapped and correct answers against strength")
+        if rundir.analysis_png("swap").is_file() else "",
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from thinklens.analysis.findings import (
@@ -15,7 +16,9 @@ from thinklens.analysis.findings import (
     plot_findings,
     shift_finding,
     sink_finding,
+    swap_findings,
 )
+from thinklens.analysis.swap import plot_swap, run_swap, swap_prompts
 from thinklens.errors import ThinklensError
 from thinklens.files import fresh_result, result_settings, write_envelope
 from thinklens.pipeline.rundir import RunDir
@@ -39,13 +42,15 @@ def run(config: FindingsConfig, rundir: RunDir, progress: bool = True) -> StageR
     if existing is not None:
         return StageResult.nothing_to_do(f"{rundir.findings_json} is up to date")
     results = {name: json.loads(path.read_text())["result"] for name, path in analyses.items()}
+    contrast = _operator_contrast(rundir, config, progress)
     report = FindingsReport(
-        findings=[
+        findings=sorted([
             opening_finding(results["prefix"], rundir.root),
             sink_finding(results["sinks"], rundir.root, config),
             shift_finding(results["shift"], rundir.root),
-            operator_finding(_operator_contrast(rundir, config, progress), rundir.root, config.operator_segment),
-        ],
+            operator_finding(contrast, rundir.root, config.operator_segment),
+            *swap_findings(_operator_swap(rundir, config, contrast, progress), rundir.root),
+        ], key=lambda finding: finding.claim),
         untested=UNTESTED,
     )
     rundir.analysis.mkdir(parents=True, exist_ok=True)
@@ -78,6 +83,41 @@ def _operator_contrast(rundir: RunDir, config: FindingsConfig, progress: bool) -
     return contrast_in_run(contrast, rundir, progress)[0].to_json()
 
 
+def _operator_swap(rundir: RunDir, config: FindingsConfig, contrast: dict[str, Any] | None,
+                   progress: bool) -> dict[str, Any] | None:
+    """The operator-swap sweep with the contrast's held-out ÷ and × features (kept when nothing changed);
+    None when there are no such features or the sweep is skipped."""
+    if config.skip_swap or contrast is None or not all(contrast["held_out"].get(side) for side in ("a", "b")):
+        return None
+    features = {"/": contrast["held_out"]["a"]["feature_id"], "*": contrast["held_out"]["b"]["feature_id"]}
+    path = rundir.analysis_json("swap")
+    inputs = {"sae_sha256": hashlib.sha256(rundir.sae_weights.read_bytes()).hexdigest(),
+              "traces": rundir.trace_store.meta()["identity"], "features": features}
+    settings = config.swap.model_dump(mode="json")
+    existing = fresh_result(path, inputs, settings, [rundir.analysis_png("swap")])
+    if existing is not None:
+        return existing
+    from thinklens.features.contrast import load_direction
+    from thinklens.steering.from_run import open_variant, run_prompts
+
+    held_out = len(rundir.trace_store)  # prompts past the run's own: the SAE never saw their traces
+    records = run_prompts(rundir.traces, held_out + 64 * config.swap.prompts)  # ~1 in 20 is a one-step ÷ word problem
+    prompts = swap_prompts([r for r in records if r.sequence_id >= held_out] or records, config.swap.prompts)
+    if not prompts["/"] or not prompts["*"]:
+        return None
+    variant = open_variant(rundir.traces, rundir.sae, rundir.features_db, list(features.values()),
+                           device=config.device)
+    direction = load_direction(Path(contrast["direction_path"])) if config.swap.steer_with == "direction" else None
+    points = run_swap(config.swap, variant, prompts, features, rundir.analysis / "swap_samples.jsonl",
+                      show_progress=progress, direction=direction)
+    plot_swap(points, rundir.analysis_png("swap"))
+    result = {"features": features, "steer_with": config.swap.steer_with, "prompts": {op: len(records) for op, records in prompts.items()},
+              "held_out_prompts": any(r.sequence_id >= held_out for r in prompts["/"]),
+              "points": [point.to_json() for point in points]}
+    write_envelope(path, inputs, settings, result)
+    return result
+
+
 STAGE = Stage(
     name="findings",
     config=FindingsConfig,
@@ -85,6 +125,9 @@ STAGE = Stage(
     help="The R1 study's claims as experiments: a number, a 95 % interval and a verdict each → RUN/findings.json.",
     reads=("traces", "activations", "sae", "features_db", "analysis_json:prefix", "analysis_json:sinks",
            "analysis_json:shift"),
-    writes=("findings_json", "findings_png"),
-    options={"bootstrap": "bootstrap", "seed": "seed", "operator_segment": "operator_segment"},
+    writes=("findings_json", "findings_png", "analysis_json:swap", "analysis_png:swap"),
+    options={"bootstrap": "bootstrap", "seed": "seed", "operator_segment": "operator_segment",
+             "swap_prompts": "swap.prompts", "swap_strengths": "swap.strengths", "swap_with": "swap.steer_with",
+             "skip_swap": "skip_swap",
+             "device": "device"},
 )
