@@ -50,6 +50,19 @@ def test_selectors_match_trace_columns_metadata_lists_and_negation():
     assert Selector.parse("segment!=prompt").segments == set(range(len(SEGMENT_NAMES))) - {0}
 
 
+def test_token_terms_resolve_against_the_vocabulary():
+    vocab = {1: " Wait", 2: "Wait", 3: " wait", 4: ".", 5: " So"}
+    assert Selector.parse("token=Wait").token_ids(vocab)["token"].tolist() == [1, 2]  # surrounding spaces stripped
+    assert Selector.parse("segment=thinking,token!=Wait").token_ids(vocab)["token"].tolist() == [3, 4, 5]
+    after = Selector.parse("next_token!=Wait").token_ids(vocab)["next_token"].tolist()
+    assert after == [-1, 3, 4, 5]  # -1: the last token of a sequence, which no token follows
+    both = Selector.parse("token=.,next_token=Wait").token_ids(vocab)
+    assert both["token"].tolist() == [4] and both["next_token"].tolist() == [1, 2]
+    assert Selector.parse("operator=*").token_ids(vocab) == {}
+    with pytest.raises(ThinklensError, match="allow no token"):
+        Selector.parse("token=Hmm").token_ids(vocab)
+
+
 @pytest.mark.parametrize(("text", "segment", "message"), [
     ("colour=red", None, "unknown key 'colour'"),
     ("operator", None, "is not key=value"),
@@ -88,9 +101,10 @@ def test_bootstrap_intervals_contain_the_estimate_and_narrow_with_more_traces():
     assert many["auroc_high"][0] - many["auroc_low"][0] < few["auroc_high"][0] - few["auroc_low"][0]
 
 
-def _plant(run, feature: int, star: set[int], one_token: bool = False) -> torch.Tensor:
+def _plant(run, feature: int, star: set[int], one_token: bool = False, before_token: int | None = None) -> torch.Tensor:
     """Add a multiple of the SAE's encoder row `feature` to the thinking tokens of the `star` traces (or to
-    the first of them only), then index again, so the database's maxima are those of the planted store."""
+    the first of them only, or to those followed by `before_token` only), then index again, so the
+    database's maxima are those of the planted store."""
     rundir = RunDir(run)
     sae = load_sae(rundir.sae)
     store = ActivationStore(rundir.activations)
@@ -98,8 +112,12 @@ def _plant(run, feature: int, star: set[int], one_token: bool = False) -> torch.
     direction = torch.nn.functional.normalize(sae.encoder_weight[feature].detach(), dim=0)
     thinking = SEGMENT_NAMES.index("thinking")
     for shard in store.shards():
-        index = store.read_index(shard, ["sequence_id", "segment", "special", "massive"]).to_pydict()
+        index = store.read_index(shard, ["sequence_id", "segment", "special", "massive", "token_id"]).to_pydict()
         kept = ~np.asarray(index["special"]) & ~np.asarray(index["massive"])  # the tokens contrast reads
+        if before_token is not None:
+            sequence, token = np.asarray(index["sequence_id"]), np.asarray(index["token_id"])
+            kept[:-1] &= (token[1:] == before_token) & (sequence[1:] == sequence[:-1])
+            kept[-1] = False
         rows = np.flatnonzero(np.isin(index["sequence_id"], list(star)) & (np.asarray(index["segment"]) == thinking)
                               & kept)
         if one_token:
@@ -188,3 +206,34 @@ def test_contrast_refuses_overlapping_or_empty_sets_before_writing(indexed_run, 
     assert empty.exit_code == 2 and "matches none" in empty.output
     assert (run / "features.db").read_bytes() == before
     assert not (run / "contrasts").exists()
+
+
+def test_contrast_by_next_token_recovers_a_feature_planted_before_a_token(indexed_run, tmp_path):
+    # Planted on every thinking token that comes just before the commonest thinking token T: the
+    # contrast "next_token=T" against "next_token!=T" must find it, and it must detect those tokens.
+    run = tmp_path / "run"
+    shutil.copytree(indexed_run, run)
+    rundir = RunDir(run)
+    with sqlite3.connect(rundir.features_db) as connection:
+        token, text = connection.execute(
+            "SELECT t.token, v.decoded_token FROM token_ids t JOIN vocab v ON v.token = t.token WHERE t.segment = ? "
+            "AND trim(v.decoded_token) GLOB '[A-Za-z0-9]*' AND instr(v.decoded_token, ',') = 0 GROUP BY t.token "
+            "ORDER BY count(*) DESC LIMIT 1", (SEGMENT_NAMES.index("thinking"),)).fetchone()
+    planted = 5
+    _plant(run, planted, {t["sequence_id"] for t in read_traces(rundir.traces)}, before_token=token)
+    config = ContrastConfig(a=f"segment=thinking,next_token={text.strip()}",
+                            b=f"segment=thinking,next_token!={text.strip()}", bootstrap=50, groups=8, unit="token",
+                            min_firings=1)  # a tiny run: a few dozen such tokens
+    report = run_contrast(config, rundir.traces, rundir.activations, rundir.sae, rundir.features_db,
+                          rundir.contrast_dir(config.contrast_name()), show_progress=False, device="cpu")
+    assert report.a_features[0].feature_id == planted and report.a_features[0].auroc > 0.95
+    held = report.held_out["a"]
+    assert held["feature_id"] == planted
+    assert held["recall"]["hits"] / held["recall"]["n"] > 0.9
+    base_rate = report.tokens["a"] / (report.tokens["a"] + report.tokens["b"])
+    assert held["precision"]["hits"] / held["precision"]["n"] > 10 * base_rate  # it fires elsewhere too, but rarely
+    # "token=T" and "token!=T" name disjoint tokens of the same traces: no overlap error.
+    disjoint = ContrastConfig(a=f"segment=thinking,token={text.strip()}", b=f"segment=thinking,token!={text.strip()}",
+                              bootstrap=20, groups=8, unit="token")
+    assert run_contrast(disjoint, rundir.traces, rundir.activations, rundir.sae, rundir.features_db,
+                        rundir.contrast_dir(disjoint.contrast_name()), show_progress=False, device="cpu").tokens["a"] > 0

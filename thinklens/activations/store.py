@@ -246,9 +246,13 @@ class ActivationStore:
     def kept_batches(self, layer: int, batch_size: int, columns: tuple[str, ...] = (),
                      include_special: bool = False, include_massive: bool = False) -> Iterator[KeptBatch]:
         """Every shard in order, in batches of `batch_size` rows, with special and massive tokens dropped
-        (as training drops them) unless included; each with the asked index columns of its kept rows."""
+        (as training drops them) unless included; each with the asked index columns of its kept rows.
+        `next_token_id` is a column too: the token that follows in the same sequence and shard (-1 at the end)."""
+        stored = {*columns} - {NEXT_TOKEN} | ({"token_id", "sequence_id"} if NEXT_TOKEN in columns else set())
         for shard in self.shards():
-            index = self.read_index(shard, sorted({*columns, "special", "massive"})).to_pydict()
+            index = self.read_index(shard, sorted({*stored, "special", "massive"})).to_pydict()
+            if NEXT_TOKEN in columns:
+                index[NEXT_TOKEN] = _next_tokens(np.asarray(index["token_id"]), np.asarray(index["sequence_id"]))
             keep = np.ones(shard.rows, dtype=bool)
             if not include_special:
                 keep &= ~np.asarray(index["special"], dtype=bool)
@@ -265,3 +269,14 @@ class ActivationStore:
     def index(self, columns: list[str] | None = None) -> pa.Table:
         """The token index of all completed shards."""
         return pa.concat_tables([self.read_index(shard, columns) for shard in self.shards()])
+
+
+NEXT_TOKEN = "next_token_id"
+
+
+def _next_tokens(token_ids: np.ndarray, sequence_ids: np.ndarray) -> np.ndarray:
+    """Each row's following token within its sequence; -1 where the sequence (or the shard) ends."""
+    following = np.full(len(token_ids), -1, dtype=np.int64)
+    same = sequence_ids[1:] == sequence_ids[:-1]
+    following[:-1][same] = token_ids[1:][same]
+    return following

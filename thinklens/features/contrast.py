@@ -4,8 +4,12 @@ A *selector* names a set of tokens by trace metadata and segment: comma-separate
 `key=value` (or `key!=value`), all of which must hold. Keys are the trace columns (`source`,
 `correct`, `prompt_id`, `finish_reason`, `format`, `has_thinking`, `thinking_closed`,
 `prefix_matched`), any key of the prompt's metadata (`operator`, `kind`, `steps`…; a list value
-matches when it holds the value), and `segment` (prompt, prefix, thinking, answer). For example
-`operator=*` against `operator=/`, both restricted to `--segment thinking`.
+matches when it holds the value), `segment` (prompt, prefix, thinking, answer), `token` (the
+token's text, surrounding spaces stripped, as features.db's `vocab` decodes it) and `next_token`
+(the text of the token that follows it). For example `operator=*` against `operator=/`, both
+restricted to `--segment thinking`; or the backtracking tokens `segment=thinking,token=Wait` against
+`segment=thinking,token!=Wait` (with `unit: token`), and the tokens just before them with
+`next_token=Wait`.
 
 What is told apart is a *unit*: by default a trace (its selected tokens, valued by the feature's
 maximum over them — a feature firing on the "÷" token separates ÷ from × traces, though it is silent
@@ -59,6 +63,7 @@ from thinklens.stats import group_bootstrap_weights, rate, split_groups
 TRACE_KEYS = ("source", "correct", "prompt_id", "finish_reason", "format", "has_thinking", "thinking_closed",
               "prefix_matched")
 SEGMENT_KEY = "segment"
+TOKEN_KEYS = {"token": "token_id", "next_token": "next_token_id"}  # selector key → the store's index column
 TERM = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(!=|=)\s*(.*?)\s*$")
 
 
@@ -95,15 +100,16 @@ class ContrastConfig(BaseModel):
 
 @dataclass(frozen=True)
 class Selector:
-    """A parsed selector: trace terms and the segments it allows."""
+    """A parsed selector: trace terms, the segments it allows and its token terms."""
 
     text: str
     terms: tuple[tuple[str, str, bool], ...]  # (key, value, negated) over trace columns and metadata
     segments: frozenset[int]
+    token_terms: tuple[tuple[str, str, bool], ...] = ()  # (key: token or next_token, text, negated)
 
     @classmethod
     def parse(cls, text: str, segment: str | None = None) -> Selector:
-        terms, segments = [], set(range(len(SEGMENT_NAMES)))
+        terms, token_terms, segments = [], [], set(range(len(SEGMENT_NAMES)))
         for part in text.split(","):
             if not part.strip():
                 continue
@@ -115,13 +121,30 @@ class Selector:
             if key == SEGMENT_KEY:
                 named = {_segment_id(value)}
                 segments &= (set(range(len(SEGMENT_NAMES))) - named) if operator == "!=" else named
+            elif key in TOKEN_KEYS:
+                token_terms.append((key, value, operator == "!="))
             else:
                 terms.append((key, value, operator == "!="))
         if segment is not None:
             segments &= {_segment_id(segment)}
         if not segments:
             raise ThinklensError(f"selector {text!r} (with --segment {segment}) selects no segment")
-        return cls(text, tuple(terms), frozenset(segments))
+        return cls(text, tuple(terms), frozenset(segments), tuple(token_terms))
+
+    def token_ids(self, vocab: dict[int, str]) -> dict[str, np.ndarray]:
+        """Per token key its terms name (`token`, `next_token`), the ids of the tokens they allow, from
+        `vocab` (id → text); empty when the selector has no token terms."""
+        ids = np.array([-1, *sorted(vocab)], dtype=np.int64)  # -1: no next token (the sequence ends)
+        text = ["", *(vocab[int(i)].strip() for i in ids[1:])]
+        allowed: dict[str, np.ndarray] = {}
+        for key, value, negated in self.token_terms:
+            allowed[key] = allowed.get(key, ids >= (0 if key == "token" else -1)) & (
+                np.array([t == value for t in text], dtype=bool) != negated)
+        for key, mask in allowed.items():
+            if not mask.any():
+                raise ThinklensError(f"selector {self.text!r}: its {key} terms allow no token of the run's vocabulary "
+                                     f"({key}=TEXT matches a token's text without surrounding spaces, e.g. {key}=Wait)")
+        return {key: ids[mask] for key, mask in allowed.items()}
 
     def sequence_ids(self, traces: list[dict[str, Any]]) -> np.ndarray:
         """Ids of the traces every term holds for."""
@@ -223,7 +246,9 @@ def run_contrast(config: ContrastConfig, traces_dir: Path, activations_dir: Path
     from thinklens.files import write_json_atomic
 
     placed = resolve_device(device)
-    (a, a_ids), (b, b_ids) = select_sets(config, traces_dir)
+    with FeatureDB(db_path) as db:
+        vocab = db.vocabulary()
+    (a, a_ids), (b, b_ids) = select_sets(config, traces_dir, vocab)
     sae = load_sae(sae_dir).to(placed)
     store = ActivationStore(activations_dir)
     check_width(sae, store.d_model, f"the activations in {activations_dir}")
@@ -232,7 +257,8 @@ def run_contrast(config: ContrastConfig, traces_dir: Path, activations_dir: Path
         maxima = _feature_maxima(db, sae.config.d_sae)
     layer = resolve_sae_layer(sae.config.layer, store.layers, layer_override, sae=f"the SAE in {sae_dir}",
                               holder=f"the activations in {activations_dir}")
-    counts = _count(sae, store, layer, (a, a_ids), (b, b_ids), maxima, config, show_progress)
+    allowed = (a.token_ids(vocab), b.token_ids(vocab))
+    counts = _count(sae, store, layer, (a, a_ids), (b, b_ids), maxima, config, show_progress, allowed)
     for side, selector in enumerate((a, b)):
         if counts.tokens[side] == 0:
             raise ThinklensError(f"selector {selector.text!r} matches traces but none of their stored tokens "
@@ -266,15 +292,20 @@ def run_contrast(config: ContrastConfig, traces_dir: Path, activations_dir: Path
     return report
 
 
-def select_sets(config: ContrastConfig, traces_dir: Path) -> tuple[tuple[Selector, np.ndarray], tuple[Selector, np.ndarray]]:
-    """Both selectors with the ids of the traces they match; one-line errors for empty or overlapping sets."""
+def select_sets(config: ContrastConfig, traces_dir: Path,
+                vocab: dict[int, str] | None = None) -> tuple[tuple[Selector, np.ndarray], tuple[Selector, np.ndarray]]:
+    """Both selectors with the ids of the traces they match; one-line errors for empty or overlapping sets.
+    `vocab` (id → text, from features.db) resolves token terms; without it they count as overlapping."""
     a, b = Selector.parse(config.a, config.segment), Selector.parse(config.b, config.segment)
     traces = read_traces(traces_dir)
     a_ids, b_ids = a.sequence_ids(traces), b.sequence_ids(traces)
     for selector, ids in ((a, a_ids), (b, b_ids)):
         if len(ids) == 0:
             raise ThinklensError(f"selector {selector.text!r} matches none of the {len(traces)} traces in {traces_dir}")
-    if np.intersect1d(a_ids, b_ids).size and a.segments & b.segments:
+    tokens = [{}, {}] if vocab is None else [a.token_ids(vocab), b.token_ids(vocab)]
+    tokens_overlap = not any(np.intersect1d(tokens[0][key], tokens[1][key]).size == 0
+                             for key in set(tokens[0]) & set(tokens[1]))
+    if np.intersect1d(a_ids, b_ids).size and a.segments & b.segments and tokens_overlap:
         raise ThinklensError(f"selectors {config.a!r} and {config.b!r} share tokens: make them disjoint "
                              "(e.g. add segment=… or a != term to one)")
     return (a, a_ids), (b, b_ids)
@@ -306,7 +337,8 @@ def _feature_maxima(db: FeatureDB, d_sae: int) -> np.ndarray:
 
 
 def _count(sae: Sae, store: ActivationStore, layer: int, a: tuple[Selector, np.ndarray], b: tuple[Selector, np.ndarray],
-           maxima: np.ndarray, config: ContrastConfig, show_progress: bool) -> _Counts:
+           maxima: np.ndarray, config: ContrastConfig, show_progress: bool,
+           allowed_tokens: tuple[dict[str, np.ndarray], ...] = ({}, {})) -> _Counts:
     d_sae = sae.config.d_sae
     binned = _Binned(config.groups, d_sae, config.bins, maxima)
     input_sum = torch.zeros(2, store.d_model, dtype=torch.float64)
@@ -315,10 +347,14 @@ def _count(sae: Sae, store: ActivationStore, layer: int, a: tuple[Selector, np.n
     tokens = np.zeros((config.groups, 2), dtype=np.int64)
     pending = _Pending.empty()  # trace unit: the firings of the last trace of the previous batch, not yet complete
     with progress_bar("contrast", total=store.token_count, enabled=show_progress) as bar:
-        for batch in store.kept_batches(layer, config.batch_size, ("sequence_id", "segment")):
+        token_columns = {TOKEN_KEYS[key] for allowed in allowed_tokens for key in allowed}
+        for batch in store.kept_batches(layer, config.batch_size, ("sequence_id", "segment", *sorted(token_columns))):
             bar.advance(batch.rows, tokens=batch.rows)
             sequence, segment = batch.index["sequence_id"], batch.index["segment"]
             in_sets = [np.isin(sequence, ids) & segment_masks[side][segment] for side, (_, ids) in enumerate((a, b))]
+            for side, allowed in enumerate(allowed_tokens):
+                for key, ids in allowed.items():
+                    in_sets[side] &= np.isin(batch.index[TOKEN_KEYS[key]], ids)
             keep = in_sets[0] | in_sets[1]
             if not keep.any():
                 continue
@@ -454,7 +490,8 @@ def held_out_best(histogram: np.ndarray, units: np.ndarray, side: int, config: C
 
     The sequence groups are split in two random halves; the feature picked on each half (highest AUROC
     for the side, firing ≥ `min_firings` times) is scored on the other half, and the two held-out halves
-    are pooled into one AUROC. Its interval is the group bootstrap's, widened to at least the Wilson
+    are pooled into one AUROC, and "it fires" is scored as a detector of the side's units there
+    (precision and recall, Wilson intervals over units). Its interval is the group bootstrap's, widened to at least the Wilson
     interval of the AUROC as a share of min(units of A, units of B): a bootstrap of a perfect separation
     on a few dozen traces would otherwise claim [1, 1]. AUROCs are for the side (B's flipped). None
     when a half lacks units of a set."""
@@ -480,8 +517,12 @@ def held_out_best(histogram: np.ndarray, units: np.ndarray, side: int, config: C
         value, low, high = 1 - value, 1 - high, 1 - low
     n = int(units.sum(axis=0).min())
     floor = rate(round(value * n), n)
+    fired = held[:, :, 0, 1:].sum(axis=(0, 2))  # (2,): held-out units of each set where the pick fired
     return {"feature_id": picks[0], "features": picks, "auroc": value, "low": min(low, floor.low),
-            "high": max(high, floor.high), "units": n}
+            "high": max(high, floor.high), "units": n,
+            # "It fires" as a detector of the side's units, on the held-out halves (Wilson 95 %).
+            "precision": rate(int(fired[side]), int(fired.sum())).model_dump(),
+            "recall": rate(int(fired[side]), int(units[:, side].sum())).model_dump()}
 
 
 def _listed(scores: dict[str, np.ndarray], firings: np.ndarray, means: np.ndarray, side: int,

@@ -152,6 +152,10 @@ class FeatureDB:
             digest.update(json.dumps(row).encode())
         return digest.hexdigest()
 
+    def vocabulary(self) -> dict[int, str]:
+        """Every stored token's id and decoded text (the `vocab` table)."""
+        return dict(self.connection.execute("SELECT token, decoded_token FROM vocab"))
+
     def labels(self, feature_ids: list[int]) -> dict[int, str]:
         marks = ",".join("?" * len(feature_ids))
         return dict(self.connection.execute(
