@@ -7,8 +7,9 @@ Arms (interleaved over rounds, medians):
   overhead;
 - steered: a real edit (tokens differ, so this rate is informative, not comparable 1:1);
 - sweep point: what one point of a sweep does, the steered generation *and* its measures (perplexity
-  and read-back under the unsteered model), with the read-back passes batched (as `run_sweep` does)
-  and one pass per sample (as it did); the issue's figure is sweep tokens/s ÷ unsteered tokens/s.
+  and read-back under the unsteered model): on the prompt pass kept from an earlier point (as
+  `run_sweep` and the findings' experiments do, `Variant.readouts`), in one padded pass over prompt
+  and completion, and one pass per sample; the issue's figure is sweep tokens/s ÷ unsteered tokens/s.
 
     .venv/bin/python benchmarks/steer.py RUN [--feature F --prompts 16 --max-new-tokens 96]
 """
@@ -32,15 +33,24 @@ def timed(variant, prompts, max_new_tokens) -> tuple[float, int, list[list[int]]
     return seconds, sum(len(o.token_ids) - o.generation_start for o in outputs), [o.token_ids for o in outputs]
 
 
-def timed_sweep_point(variant, prompts, max_new_tokens, feature, batched: bool) -> tuple[float, int]:
+def timed_sweep_point(variant, prompts, max_new_tokens, feature, read_back: str) -> tuple[float, int]:
     started = time.perf_counter()
     outputs = variant.generate(prompts, max_new_tokens, Sampling(greedy=True), seed=0)
-    if batched:
+    if read_back == "kept":
+        variant.readouts(outputs, feature)
+    elif read_back == "batched":
         unsteered_readouts(variant.loaded, variant.sae, feature, variant.layer, outputs)
     else:
         for output in outputs:
             unsteered_readout(variant.loaded, variant.sae, feature, variant.layer, output)
     return time.perf_counter() - started, sum(len(o.token_ids) - o.generation_start for o in outputs)
+
+
+READ_BACKS = ("kept", "batched", "per-sample")  # prompt pass kept across points / one padded pass / one per sample
+
+
+def timed_outputs(variant, prompts):
+    return variant.generate(prompts, 2, Sampling(greedy=True), seed=0)
 
 
 def main() -> None:
@@ -67,13 +77,14 @@ def main() -> None:
             seconds, tokens, ids = timed(variant, prompts, args.max_new_tokens)
             rates[name].append(tokens / seconds)
             tokens_of[name] = ids
-    for batched in (True, False):
-        name = f"sweep point ({'batched' if batched else 'per-sample'} read-back)"
+    variant.readouts(timed_outputs(variant, prompts), args.feature)  # a sweep's first point makes the prompt pass
+    for kind in READ_BACKS:
+        name = f"sweep point ({kind} read-back)"
         rates[name] = []
         for _ in range(args.rounds):
             variant.reset()
             variant.set(args.feature, args.strength, policy="after_prefix")
-            seconds, tokens = timed_sweep_point(variant, prompts, args.max_new_tokens, args.feature, batched)
+            seconds, tokens = timed_sweep_point(variant, prompts, args.max_new_tokens, args.feature, kind)
             rates[name].append(tokens / seconds)
     median = {name: statistics.median(values) for name, values in rates.items()}
     print(f"{len(prompts)} prompts, {args.max_new_tokens} new tokens, greedy, policy after_prefix, "
@@ -85,7 +96,7 @@ def main() -> None:
     name = f"steered, strength {args.strength:g}"
     print(f"ratio steered (strength {args.strength:g}) / unsteered: {median[name] / median['unsteered']:.3f} "
           "(different tokens)")
-    for kind in ("batched", "per-sample"):
+    for kind in READ_BACKS:
         print(f"ratio sweep point ({kind} read-back) / unsteered: "
               f"{median[f'sweep point ({kind} read-back)'] / median['unsteered']:.3f}")
 

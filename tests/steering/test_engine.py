@@ -161,3 +161,23 @@ def test_batched_readouts_equal_the_per_sample_ones(variant_parts):
     for output, (perplexity, readback) in zip(outputs, batched, strict=True):
         alone = unsteered_readout(loaded, sae, 3, 1, output)
         assert perplexity == pytest.approx(alone[0], rel=1e-4) and readback == pytest.approx(alone[1], rel=1e-4, abs=1e-6)
+
+
+def test_a_kept_readouts_reuses_the_prompt_pass_and_still_equals_the_per_sample_ones(variant_parts):
+    from thinklens.steering.metrics import unsteered_readout
+    from thinklens.steering.readout import Readouts
+
+    loaded, sae, _ = variant_parts
+    readouts = Readouts(loaded, layer=1)
+    first = _variant(variant_parts, "first_token").generate(PROMPTS, max_new_tokens=6, sampling=Sampling(greedy=True))
+    second = _variant(variant_parts, "after_prefix", strength=4.0).generate(PROMPTS, max_new_tokens=9,
+                                                                          sampling=Sampling(greedy=True))
+    assert len({o.generation_start for o in second}) > 1  # prompts of different lengths: left-padded once
+    for outputs in (first, second, first):  # the second and third calls run on the kept prompt pass
+        for output, (perplexity, readback) in zip(outputs, readouts(outputs, sae, 3), strict=True):
+            alone = unsteered_readout(loaded, sae, 3, 1, output)
+            assert perplexity == pytest.approx(alone[0], rel=1e-4)
+            assert readback == pytest.approx(alone[1], rel=1e-4, abs=1e-6)
+    assert len(readouts._passes) == 1
+    (kept,) = readouts._passes.values()
+    assert kept.cache.get_seq_length() == kept.mask.shape[1]  # cropped back to the prompts after every call

@@ -63,38 +63,13 @@ def unsteered_readout(loaded: LoadedModel, sae: Sae | None, feature: int | None,
     return float(nll.exp()), readback
 
 
-@torch.no_grad()
 def unsteered_readouts(loaded: LoadedModel, sae: Sae | None, feature: int | None, layer: int,
                        outputs: Sequence[SteeredOutput]) -> list[tuple[float, float]]:
-    """`unsteered_readout` of every output in one right-padded forward pass (causal attention: the padding
-    after a row changes none of its positions)."""
-    width = max(len(output.token_ids) for output in outputs)
-    ids = torch.zeros(len(outputs), width, dtype=torch.long)
-    mask = torch.zeros(len(outputs), width, dtype=torch.long)
-    for row, output in enumerate(outputs):
-        ids[row, : len(output.token_ids)] = torch.tensor(output.token_ids)
-        mask[row, : len(output.token_ids)] = 1
-    ids, mask = ids.to(loaded.device), mask.to(loaded.device)
-    with capture_resid_post(loaded.model, [layer], stop_early=False) as captured:
-        logits = loaded.model(ids, attention_mask=mask).logits.float()
-    readouts = []
-    for row, output in enumerate(outputs):
-        start, end = output.generation_start, len(output.token_ids)
-        if end <= start:
-            readouts.append((math.nan, math.nan))
-            continue
-        nll = torch.nn.functional.cross_entropy(logits[row, start - 1 : end - 1], ids[row, start:end])
-        readback = math.nan
-        if sae is not None and feature is not None:
-            hidden = captured[layer][row, start:end].float().to(sae.device)
-            readback = float(sae.encode(hidden, batch_dependent=False).dense()[:, feature].mean())
-        readouts.append((float(nll.exp()), readback))
-    return readouts
+    """`unsteered_readout` of every output, batched (`thinklens.steering.readout.Readouts`, used once:
+    a sweep keeps one to reuse the prompts' pass)."""
+    from thinklens.steering.readout import Readouts
 
-
-def perplexities(loaded: LoadedModel, layer: int, outputs: Sequence[SteeredOutput]) -> list[float]:
-    """Perplexity of each output's generated tokens under the unsteered model, in one padded pass."""
-    return [perplexity for perplexity, _ in unsteered_readouts(loaded, None, None, layer, outputs)]
+    return Readouts(loaded, layer, keep=0)(outputs, sae, feature)
 
 
 def measure(output: SteeredOutput, loaded: LoadedModel, sae: Sae | None, feature: int | None, layer: int,

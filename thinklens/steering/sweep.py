@@ -23,7 +23,7 @@ from thinklens.files import atomic_path, write_json_atomic
 from thinklens.models.generate import Sampling
 from thinklens.models.loader import resolve_device
 from thinklens.progress import progress_bar
-from thinklens.steering.metrics import SampleMetrics, measure, unsteered_readouts
+from thinklens.steering.metrics import SampleMetrics, measure
 from thinklens.steering.plots import plot_sweep
 from thinklens.steering.regimes import PointSummary, RegimeThresholds, oversteering_pattern, summarise
 from thinklens.steering.variant import Variant
@@ -93,7 +93,7 @@ def run_sweep(config: SweepConfig, variant: Variant, prompts: Sequence[PromptRec
                     variant.set(config.feature, strength, policy=policy, mode=config.mode)
                     variant.absolute = config.absolute
                 outputs = variant.generate([r.prompt for r in batch], config.max_new_tokens, sampling, seed=config.seed)
-                readouts = unsteered_readouts(variant.loaded, variant.sae, config.feature, variant.layer, outputs)
+                readouts = variant.readouts(outputs, config.feature)
                 for index, (record, output) in enumerate(zip(batch, outputs, strict=True)):
                     metrics = measure(output, variant.loaded, variant.sae, config.feature, variant.layer,
                                       record.answer, config.backtrack_words, regex, readouts[index])

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -67,6 +68,16 @@ class Variant:
         self.edits: list[FeatureEdit] = []
         self.policy = "after_prefix"
         self.absolute = False
+        self._readouts: Any = None
+
+    def readouts(self, outputs: Sequence[SteeredOutput], feature: int | None = None) -> list[tuple[float, float]]:
+        """(perplexity, read-back of `feature`) of each output under the unsteered model; the prompts' pass
+        is kept across calls, so every point of an experiment on the same prompts reuses it."""
+        from thinklens.steering.readout import Readouts
+
+        if self._readouts is None:
+            self._readouts = Readouts(self.loaded, self.layer)
+        return self._readouts(outputs, self.sae if feature is not None else None, feature)
 
     def _sae_layer(self, layer: int | None) -> int:
         """The SAE's layer by the one rule (`resolve_sae_layer`): `layer` may restate it, not contradict it."""
