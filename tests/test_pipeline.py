@@ -38,7 +38,8 @@ def _tiny_config(model: Path, out: Path) -> dict:
         "eval": {"lm_sequences": 2},
         "index": {"top": 8},
         "analyze": {"sinks": {"traces": 2}, "bootstrap": 20},
-        "findings": {"swap": {"prompts": 2, "max_new_tokens": 8, "strengths": [0, 4]}},
+        "findings": {"swap": {"prompts": 2, "max_new_tokens": 8, "strengths": [0, 4]},
+                     "brevity": {"prompts": 2, "max_new_tokens": 8, "strengths": [0, 4], "bootstrap": 100}},
         "map": {"n_neighbors": 5},
         "sweep": {"strengths": [0, 4], "policies": ["after_prefix"], "prompts": 2, "samples": 1,
                   "max_new_tokens": 8},
@@ -66,9 +67,8 @@ def test_run_from_python_makes_every_artifact_and_records_the_config(piped_run):
                  rundir.analysis_json("shift")):
         assert path.is_file(), path
     findings = json.loads(rundir.findings_json.read_text())["result"]
-    assert [f["claim"] for f in findings["findings"]] == [1, 2, 3, 4, 5, 7, 8]
+    assert [f["claim"] for f in findings["findings"]] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert all(f["verdict"] in VERDICTS and f["reason"] and f["command"] for f in findings["findings"])
-    assert [u["claim"] for u in findings["untested"]] == [6]
     record = rundir.record()
     assert record.config["collect"]["limit"] == 12 and record.config["collect"]["generation"]["max_new_tokens"] == 24
     assert set(record.stages) >= {"collect", "harvest", "train", "eval", "index", "analyze", "map", "sweep"}

@@ -10,8 +10,8 @@ import pytest
 from thinklens.analysis.findings import (
     VERDICTS,
     FindingsConfig,
+    features_finding,
     opening_finding,
-    operator_finding,
     shift_finding,
     sink_finding,
     verdict,
@@ -82,11 +82,22 @@ def test_shift_bar_is_the_larger_of_a_tenth_of_a_bit_and_five_noise_floors():
     assert shift_finding({"divergences": [], "split_half": {}}, RUN).verdict == "inconclusive"
 
 
-def test_operator_finding_takes_the_weaker_side_and_says_when_it_cannot_be_measured():
+def test_features_finding_takes_the_weakest_part_and_says_what_it_could_not_measure():
     held = {"a": {"feature_id": 5, "auroc": 0.99, "low": 0.95, "high": 1.0},
             "b": {"feature_id": 7, "auroc": 0.93, "low": 0.85, "high": 0.98}}
     contrast = {"name": "c", "held_out": held, "a_features": [], "b_features": [], "tokens": {}, "traces": {}}
-    finding = operator_finding(contrast, RUN, "thinking")
-    assert finding.value == 0.93 and finding.low == 0.85 and finding.verdict == "inconclusive"
-    missing = operator_finding(None, RUN, "thinking")
-    assert missing.verdict == "inconclusive" and "÷ and ×" in missing.reason
+    backtrack = {"name": "backtracking", "held_out": {"a": {"feature_id": 9, "auroc": 0.99, "low": 0.96, "high": 1.0,
+                                                            "precision": {}, "recall": {}}, "b": None},
+                 "a_features": [], "b_features": []}
+    both = features_finding(contrast, backtrack, None, (21, 28), RUN, "thinking")
+    assert both.value == 0.93 and both.low == 0.85 and both.verdict == "inconclusive"  # the × side holds the bar
+    assert both.details["backtracking_feature"]["feature_id"] == 9 and "near-fixed" in both.details["answer_length"]
+    sure = {**contrast, "held_out": {**held, "b": {**held["b"], "auroc": 0.97, "low": 0.92}}}
+    assert features_finding(sure, backtrack, None, (21, 28), RUN, "thinking").verdict == "reproduced"
+    # A part the run lacks makes the claim inconclusive, and the reason names it.
+    no_backtracking = features_finding(sure, None, None, (21, 28), RUN, "thinking")
+    assert no_backtracking.verdict == "inconclusive" and "backtracking" in no_backtracking.reason
+    assert no_backtracking.value == pytest.approx(0.97)
+    nothing = features_finding(None, None, None, (5, 50), RUN, "thinking")
+    assert nothing.verdict == "inconclusive" and "÷ and ×" in nothing.reason
+    assert "no answer-length experiment" in nothing.details["answer_length"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from thinklens.analysis.findings import swap_findings
+from thinklens.analysis.steering_findings import swap_findings
 from thinklens.analysis.swap import SwapConfig, is_swapped, run_swap, swap_prompts, swapped_answers
 from thinklens.data.procedural import builtin_prompts
 from thinklens.data.records import PromptRecord

@@ -19,19 +19,15 @@ The claims measured here, their numbers and bars:
 3. "A strong feature shift between prompt (with the prefix), thinking and answer": the smaller of
    JSD(prompt+prefix, thinking) and JSD(thinking, answer) over the SAE's feature distributions
    (group bootstrap); bar max(0.1 bit, 5 × the largest split-half JSD, the noise floor).
-8. "Features for specific operations (division vs multiplication)": the AUROC, on held-out traces, of
-   the best ÷ feature and of the best × feature at telling ÷ problems from × problems by their
-   thinking (the smaller of the two; group bootstrap, at least a Wilson interval); bar 0.9.
-The operator-swap sweep (`thinklens.analysis.swap`: ÷ problems pushed with the × feature and the
-reverse, at each strength and position policy) gives three more; a point counts only unbroken:
-5. "Swapping a problem's operator with SAE features": the share of answers equal to the swapped
-   operator's result at the best unbroken after_prefix strength (Wilson); bar 0.5 (most answers).
-4. "Steering from the first token fails; after the prefix it works": that share minus first_token's
-   best (or the unsteered share, when every first_token point broke), Newcombe's interval; bar 0.
-7. "Oversteering: it reverts before it breaks": the fall of the swapped share from the after_prefix
-   peak to the lowest unbroken stronger point (Newcombe); bar 0. Not measurable when no strength
-   moved the share clear of the baseline's, or when nothing unbroken lies beyond the peak.
-Claim 6 (shorter thinking) is listed as untested until its experiment runs.
+8. "Interpretable features: backtracking, specific operations (division vs multiplication),
+   answer-length preferences": the smallest held-out AUROC (at least a Wilson interval) of the
+   best ÷ feature and the best × feature at telling ÷ problems from × problems by their thinking,
+   and of the best backtracking feature at telling the thinking's backtracking tokens ("Wait") from
+   its other tokens; bar 0.9. The backtracking feature's precision and recall, and the best feature
+   of the tokens *just before* a backtrack (does any feature foresee it?), are in the details. No
+   answer-length experiment is built yet: the details say whether the run's answers vary enough in
+   length for one to matter.
+Claims 4 to 7 come from the steering experiments (`thinklens.analysis.steering_findings`).
 """
 
 from __future__ import annotations
@@ -44,15 +40,13 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from thinklens.analysis.brevity import BrevityConfig
 from thinklens.analysis.swap import SwapConfig
 from thinklens.figures import pyplot, save_figure
-from thinklens.stats import Rate, group_bootstrap_weights, rate, rate_difference
+from thinklens.stats import group_bootstrap_weights, rate
 
 Verdict = Literal["reproduced", "not reproduced", "inconclusive"]
 VERDICTS: tuple[str, ...] = ("reproduced", "not reproduced", "inconclusive")
-UNTESTED = {
-    6: "Steering example 2: decreasing the time spent thinking.",
-}
 
 
 class FindingsConfig(BaseModel):
@@ -64,7 +58,10 @@ class FindingsConfig(BaseModel):
     seed: int = Field(default=0, description="Seed of the bootstraps.")
     operator_segment: str = Field(default="thinking", description="Segment whose tokens the operator contrast reads.")
     swap: SwapConfig = Field(default_factory=SwapConfig, description="The operator-swap sweep (claims 4, 5, 7).")
-    skip_swap: bool = Field(default=False, description="Leave out the operator-swap sweep (it generates).")
+    brevity: BrevityConfig = Field(default_factory=BrevityConfig, description="The thinking-length sweep (claims 4, "
+                                   "6, 7).")
+    skip_steering: bool = Field(default=False, description="Leave out both steering sweeps (they generate).")
+    backtrack_token: str = Field(default="Wait", description="The token that opens a backtrack in the thinking.")
     device: str = Field(default="auto", description="Where the model and the SAE run for the sweep.")
 
 
@@ -100,9 +97,10 @@ def verdict(low: float, high: float, bar: float, holds_above: bool = True) -> tu
     return "inconclusive", f"{interval} contains the bar {bar:.3g}"
 
 
-def _finding(claim: int, title: str, statement: str, metric: str, value: float, low: float, high: float, bar: float,
-             command: str, details: dict[str, Any], holds_above: bool = True,
-             forced: str | None = None) -> Finding:
+def claim_finding(claim: int, title: str, statement: str, metric: str, value: float, low: float, high: float,
+                  bar: float, command: str, details: dict[str, Any], holds_above: bool = True,
+                  forced: str | None = None) -> Finding:
+    """A finding with its verdict by the rule (`forced`: inconclusive, for that reason)."""
     decided, reason = verdict(low, high, bar, holds_above)
     if forced:
         decided, reason = "inconclusive", forced
@@ -116,7 +114,7 @@ def opening_finding(prefix: dict[str, Any], run: Path) -> Finding:
     hits = round(overall["okay_share"] * overall["traces"])
     share = rate(hits, overall["traces"])
     forced = prefix.get("forced_opening")
-    return _finding(
+    return claim_finding(
         1, "Reasoning opens with \"Okay,\"", "> 95 % of English reasoning traces begin with \"Okay,\".",
         "share of traces whose reasoning opens with \"Okay,\" (Wilson 95 %)", share.share, share.low, share.high, 0.95,
         f"thinklens analyze {run}",
@@ -150,7 +148,7 @@ def sink_finding(sinks: dict[str, Any], run: Path, config: FindingsConfig) -> Fi
     metric = ("attention received per position at the prefix's last tokens ÷ at the rest of the prefix and the first "
               "thinking tokens (bootstrap over traces)")
     if len(ends) < 2:
-        return _finding(2, "Sinks at the end of the prefix", statement, metric, math.nan, math.nan, math.nan, 2.0,
+        return claim_finding(2, "Sinks at the end of the prefix", statement, metric, math.nan, math.nan, math.nan, 2.0,
                         command, details, forced="fewer than 2 analysed traces have a matched prefix: re-run analyze "
                         "with more --sink-traces")
     end_sums, around_sums = np.array(ends), np.array(around)  # (traces, 2): weighted sum, positions
@@ -162,7 +160,7 @@ def sink_finding(sinks: dict[str, Any], run: Path, config: FindingsConfig) -> Fi
     draws = group_bootstrap_weights(len(ends), config.bootstrap, config.seed)  # each trace its own group
     value = float(ratio(np.ones((1, len(ends))))[0])
     low, high = (float(v) for v in np.quantile(ratio(draws), [0.025, 0.975]))
-    return _finding(2, "Sinks at the end of the prefix", statement, metric, value, low, high, 2.0, command, details)
+    return claim_finding(2, "Sinks at the end of the prefix", statement, metric, value, low, high, 2.0, command, details)
 
 
 def shift_finding(shift: dict[str, Any], run: Path) -> Finding:
@@ -178,119 +176,57 @@ def shift_finding(shift: dict[str, Any], run: Path) -> Finding:
                "split_half_noise": shift.get("split_half", {})}
     command = f"thinklens analyze {run}"
     if any(d is None for d in wanted):
-        return _finding(3, "Feature shift between segments", statement, metric, math.nan, math.nan, math.nan, bar,
+        return claim_finding(3, "Feature shift between segments", statement, metric, math.nan, math.nan, math.nan, bar,
                         command, details, forced="the run lacks tokens of one of the segments (or predates the "
                         f"merged divergences: re-run `thinklens analyze {run}`)")
     smaller = min(wanted, key=lambda d: d["jsd"])
-    return _finding(3, "Feature shift between segments", statement, metric, smaller["jsd"],
+    return claim_finding(3, "Feature shift between segments", statement, metric, smaller["jsd"],
                     min(d["low"] for d in wanted), min(d["high"] for d in wanted), bar, command, details)
 
 
-def operator_finding(divide: dict[str, Any] | None, run: Path, segment: str) -> Finding:
-    """Claim 8 (operations) from the contrast of ÷ against × problems."""
-    statement = "Interpretable features for specific operations (division vs multiplication)."
-    metric = (f"held-out AUROC of the best ÷ feature and of the best × feature on {segment} tokens of ÷ vs × problems "
-              "(the smaller; group bootstrap)")
+def features_finding(divide: dict[str, Any] | None, backtrack: dict[str, Any] | None,
+                     foresee: dict[str, Any] | None, answer_tokens: tuple[float, float], run: Path,
+                     segment: str) -> Finding:
+    """Claim 8 from the contrasts of ÷ against × problems and of backtracking tokens against the rest of the
+    thinking (`foresee`: the tokens just before a backtrack); `answer_tokens` is the 5–95 % range of the
+    run's answer lengths, in tokens."""
+    statement = "Interpretable features: backtracking, specific operations (division vs multiplication), answer-length "\
+        "preferences."
+    metric = (f"the smallest held-out AUROC of the best ÷ and × features (÷ vs × problems, {segment} tokens) and of the "
+              "best backtracking feature (backtracking tokens vs the other thinking tokens); group bootstrap")
     command = f"thinklens contrast {run} --a 'operator=/' --b 'operator=*' --segment {segment}"
-    if divide is None:
-        return _finding(8, "Operator features", statement, metric, math.nan, math.nan, math.nan, 0.9, command,
-                        {"contrast": None},
-                        forced="the run has no traces of both ÷ and × problems (the arithmetic prompt set has them)")
-    if not divide["held_out"].get("a") or not divide["held_out"].get("b"):
-        return _finding(8, "Operator features", statement, metric, math.nan, math.nan, math.nan, 0.9, command,
-                        {"contrast": divide["name"], "traces": divide["traces"]},
-                        forced="too few ÷ or × traces to pick a feature on half of them and test it on the other half")
-    held = divide["held_out"]
-    weaker = min(held.values(), key=lambda h: h["auroc"])
-    details = {"contrast": divide["name"], "divide_feature": held["a"], "multiply_feature": held["b"],
-               "top_divide": [_brief(f) for f in divide["a_features"][:5]],
-               "top_multiply": [_brief(f) for f in divide["b_features"][:5]],
-               "tokens": divide["tokens"], "traces": divide["traces"]}
-    return _finding(8, "Operator features", statement, metric, weaker["auroc"],
-                    min(h["low"] for h in held.values()), min(h["high"] for h in held.values()), 0.9, command, details)
-
-
-def _coherent_best(points: list[dict[str, Any]], policy: str) -> dict[str, Any] | None:
-    """The steered, unbroken point of `policy` with the largest share of swapped answers."""
-    candidates = [p for p in points if p["policy"] == policy and p["strength"] > 0 and not p["broken"]]
-    return max(candidates, key=lambda p: (p["swapped"]["hits"] / p["swapped"]["n"], -p["strength"]), default=None)
-
-
-def _share(point: dict[str, Any]) -> Rate:
-    return Rate(**point["swapped"])
-
-
-def swap_findings(swap: dict[str, Any] | None, run: Path) -> list[Finding]:
-    """Claims 4, 5 and 7 from the operator-swap sweep (`thinklens.analysis.swap`)."""
-    command = f"thinklens findings {run}"
-    claims = {
-        4: ("Steering works after the prefix, not from the first token",
-            "Steering from the first token of the response fails; it works after the prefix.",
-            "swapped-answer share at the best unbroken strength, after_prefix minus first_token (Newcombe 95 %)"),
-        5: ("Operator swap", "Steering example 1: swapping a maths problem's operator (× ↔ ÷) with SAE features.",
-            "share of answers equal to the swapped operator's result at the best unbroken after_prefix strength "
-            "(Wilson 95 %)"),
-        7: ("The oversteering paradox", "Pushed too hard, the model reverts to its unsteered behaviour before, at "
-            "still higher strengths, it breaks.",
-            "fall of the swapped share from its after_prefix peak to the lowest unbroken stronger point "
-            "(Newcombe 95 %)"),
-    }
-    bars = {4: 0.0, 5: 0.5, 7: 0.0}
-
-    def unmeasured(claim: int, reason: str, details: dict[str, Any] | None = None) -> Finding:
-        title, statement, metric = claims[claim]
-        return _finding(claim, title, statement, metric, math.nan, math.nan, math.nan, bars[claim], command,
-                        details or {}, forced=reason)
-
-    if swap is None:
-        return [unmeasured(c, "no ÷ and × operator features to steer with (claim 8's contrast found none)")
-                for c in (4, 5, 7)]
-    points = swap["points"]
-    details = {"features": swap["features"], "prompts": swap["prompts"], "points": [
-        {key: p[key] for key in ("policy", "strength", "broken", "perplexity")}
-        | {"swapped": str(Rate(**p["swapped"])), "correct": str(Rate(**p["correct"])),
-           "operation_swapped": str(Rate(**p["operation_swapped"])) if p.get("operation_swapped") else None}
-        for p in points], "steer_with": swap.get("steer_with", "feature")}
-    after, first = _coherent_best(points, "after_prefix"), _coherent_best(points, "first_token")
-    baseline = next(p for p in points if p["strength"] == 0.0)
-    findings = []
-    if after is None:
-        findings += [unmeasured(5, "every steered after_prefix point broke: a finer grid of smaller strengths would "
-                                "decide", details)]
+    parts: dict[str, dict[str, Any]] = {}
+    missing = []
+    if divide is None or not divide["held_out"].get("a") or not divide["held_out"].get("b"):
+        missing.append("operations: the run lacks enough ÷ and × traces (the arithmetic prompt set has them)")
     else:
-        share = _share(after)
-        findings.append(_finding(5, *claims[5], share.share, share.low, share.high, bars[5], command,
-                                 {**details, "best_strength": after["strength"]}))
-    if after is None:
-        findings.append(unmeasured(4, "no unbroken after_prefix point to compare", details))
+        parts["divide"], parts["multiply"] = divide["held_out"]["a"], divide["held_out"]["b"]
+    if backtrack is None or not backtrack["held_out"].get("a"):
+        missing.append("backtracking: the run's thinking has too few backtracking tokens to pick a feature on half of "
+                       "the traces and test it on the other half")
     else:
-        other = first or baseline  # first_token breaking at every strength is it failing: compare with no steering
-        value, low, high = rate_difference(_share(after), _share(other))
-        findings.append(_finding(4, *claims[4], value, low, high, bars[4], command,
-                                 {**details, "after_prefix_strength": after["strength"],
-                                  "first_token_strength": other["strength"]}))
-    findings.append(_paradox(points, after, baseline, claims[7], bars[7], command, details))
-    return sorted(findings, key=lambda f: f.claim)
-
-
-def _paradox(points: list[dict[str, Any]], peak: dict[str, Any] | None, baseline: dict[str, Any],
-             claim: tuple[str, str, str], bar: float, command: str, details: dict[str, Any]) -> Finding:
-    def unmeasured(reason: str) -> Finding:
-        return _finding(7, *claim, math.nan, math.nan, math.nan, bar, command, details, forced=reason)
-
-    if peak is None or _share(peak).low <= _share(baseline).high:
-        return unmeasured("no after_prefix strength moved the swapped share clear of the baseline's, so there is "
-                          "nothing to revert from")
-    stronger = [p for p in points if p["policy"] == "after_prefix" and p["strength"] > peak["strength"]]
-    coherent = [p for p in stronger if not p["broken"]]
-    if not coherent:
-        return unmeasured("past its peak the after_prefix sweep has no unbroken strength (it breaks at once): a finer "
-                          "grid would decide")
-    reverted = min(coherent, key=lambda p: _share(p).share)
-    value, low, high = rate_difference(_share(peak), _share(reverted))
-    return _finding(7, *claim, value, low, high, bar, command,
-                    {**details, "peak_strength": peak["strength"], "reverted_strength": reverted["strength"],
-                     "breaks_later": any(p["broken"] for p in stronger if p["strength"] > reverted["strength"])})
+        parts["backtracking"] = backtrack["held_out"]["a"]
+    details: dict[str, Any] = {
+        "divide_feature": parts.get("divide"), "multiply_feature": parts.get("multiply"),
+        "backtracking_feature": parts.get("backtracking"),
+        "foreseeing_feature": (foresee or {}).get("held_out", {}).get("a"),
+        "top_divide": [_brief(f) for f in (divide or {}).get("a_features", [])[:5]],
+        "top_multiply": [_brief(f) for f in (divide or {}).get("b_features", [])[:5]],
+        "top_backtracking": [_brief(f) for f in (backtrack or {}).get("a_features", [])[:5]],
+        "contrasts": [c["name"] for c in (divide, backtrack, foresee) if c],
+        "answer_tokens_5_95": list(answer_tokens),
+        "answer_length": "not looked for: the run's answers have a near-fixed length "
+                         f"({answer_tokens[0]:.0f}–{answer_tokens[1]:.0f} tokens, 5–95 %)"
+        if answer_tokens[1] <= 2 * answer_tokens[0] else "not looked for: the answers vary in length, but no answer-length "
+        "experiment is built yet",
+        "missing": missing}
+    if not parts:
+        return claim_finding(8, "Interpretable features", statement, metric, math.nan, math.nan, math.nan, 0.9,
+                             command, details, forced="; ".join(missing))
+    weakest = min(parts.values(), key=lambda h: h["auroc"])
+    return claim_finding(8, "Interpretable features", statement, metric, weakest["auroc"],
+                         min(h["low"] for h in parts.values()), min(h["high"] for h in parts.values()), 0.9, command,
+                         details, forced="; ".join(missing) or None)
 
 
 def _brief(feature: dict[str, Any]) -> dict[str, Any]:
@@ -301,12 +237,9 @@ def _brief(feature: dict[str, Any]) -> dict[str, Any]:
 @dataclass
 class FindingsReport:
     findings: list[Finding]
-    untested: dict[int, str]
 
     def to_json(self) -> dict[str, Any]:
-        return {"findings": [asdict(f) for f in self.findings],
-                "untested": [{"claim": claim, "statement": text, "reason": "needs the steering experiments, not "
-                              "built yet"} for claim, text in self.untested.items()]}
+        return {"findings": [asdict(f) for f in self.findings]}
 
 
 def plot_findings(report: FindingsReport, path: Path) -> Path:

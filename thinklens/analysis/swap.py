@@ -18,20 +18,19 @@ import json
 import math
 import re
 import statistics
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from thinklens.data.answers import answers_match, extract_answer, visible_text
+from thinklens.analysis.grid import answer_of, coherence, run_grid, thinking_start
+from thinklens.data.answers import answers_match
 from thinklens.data.records import PromptRecord
 from thinklens.files import atomic_path
 from thinklens.models.generate import Sampling
-from thinklens.progress import progress_bar
 from thinklens.stats import Rate, rate
-from thinklens.steering.metrics import distinct_2, perplexities
 from thinklens.steering.regimes import RegimeThresholds
 from thinklens.steering.sweep import strengths_from_text
 from thinklens.steering.variant import SteeredOutput, Variant
@@ -135,29 +134,23 @@ def run_swap(config: SwapConfig, variant: Variant, prompts: dict[str, list[Promp
     in model units (added for × problems, subtracted for ÷ ones); write every sample to `samples_path`
     (JSONL) and return the points, broken ones marked."""
     sampling = Sampling(temperature=config.temperature)
-    strengths = sorted(set(config.strengths) | {0.0})
-    rows: list[dict[str, Any]] = []
-    points = []
-    with progress_bar("operator swap", total=len(config.policies) * len(strengths), enabled=show_progress) as bar:
-        for policy in config.policies:
-            for strength in strengths:
-                if strength == 0.0 and points and points[0].strength == 0.0:
-                    points.append(_copy_baseline(points[0], policy))  # the baseline does not depend on the policy
-                    bar.advance(1)
-                    continue
-                point_rows = []
-                for operator, records in prompts.items():
-                    variant.reset()
-                    if strength and config.steer_with == "direction":
-                        variant.add_direction(direction if operator == "*" else -direction, strength, policy=policy)
-                    elif strength:
-                        variant.set(features[SWAPPED[operator]], strength, policy=policy)
-                    outputs = variant.generate([r.prompt for r in records], config.max_new_tokens, sampling,
-                                               seed=config.seed)
-                    point_rows += _rows(variant, records, outputs, policy, strength)
-                rows += point_rows
-                points.append(_point(policy, strength, point_rows))
-                bar.advance(1, tokens=sum(row["generated_tokens"] for row in point_rows))
+
+    def measure(policy: str, strength: float) -> list[dict[str, Any]]:
+        rows = []
+        for operator, records in prompts.items():
+            variant.reset()
+            if strength and config.steer_with == "direction":
+                variant.add_direction(direction if operator == "*" else -direction, strength, policy=policy)
+            elif strength:
+                variant.set(features[SWAPPED[operator]], strength, policy=policy)
+            outputs = variant.generate([r.prompt for r in records], config.max_new_tokens, sampling, seed=config.seed)
+            rows += _rows(variant, records, outputs, policy, strength)
+        return rows
+
+    grid = run_grid("operator swap", config.policies, config.strengths, measure, show_progress)
+    rows = [row for (policy, strength), point_rows in grid.items() if strength or policy == config.policies[0]
+            for row in point_rows]  # the baseline's samples once
+    points = [_point(policy, strength, point_rows) for (policy, strength), point_rows in grid.items()]
     variant.reset()
     with atomic_path(samples_path) as temp:
         temp.write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -166,20 +159,15 @@ def run_swap(config: SwapConfig, variant: Variant, prompts: dict[str, list[Promp
 
 def _rows(variant: Variant, records: list[PromptRecord], outputs: list[SteeredOutput], policy: str,
           strength: float) -> list[dict[str, Any]]:
-    ppl = perplexities(variant.loaded, variant.layer, outputs)
     rows = []
-    for record, output, perplexity in zip(records, outputs, ppl, strict=True):
-        segments = output.trace.segments
-        answer_text = output.trace.text_of(segments.thinking_end, segments.n_tokens) if segments.thinking_closed \
-            else visible_text(variant.loaded.tokenizer, output.completion)
-        answer = extract_answer(answer_text)
-        after_prefix = segments.prefix_end if segments.prefix_matched else output.generation_start
-        operation = operation_named(output.trace.text_of(after_prefix, segments.thinking_end))  # not the restated problem
-        rows.append({"operation": operation, "operation_swapped": operation == SWAPPED[record.metadata["operator"]],"policy": policy, "strength": strength, "prompt_id": record.prompt_id,
+    for record, output, measured in zip(records, outputs, coherence(variant, outputs), strict=True):
+        answer = answer_of(variant, output)
+        thinking = output.trace.text_of(thinking_start(output), output.trace.segments.thinking_end)
+        operation = operation_named(thinking)  # after the prefix: not the restated problem
+        rows.append({"operation": operation, "operation_swapped": operation == SWAPPED[record.metadata["operator"]],
+                     "policy": policy, "strength": strength, "prompt_id": record.prompt_id,
                      "operator": record.metadata["operator"], "answer": answer, "swapped": is_swapped(answer, record),
-                     "correct": bool(answers_match(answer, record.answer)), "perplexity": perplexity,
-                     "distinct2": distinct_2(output.token_ids[output.generation_start:]),
-                     "generated_tokens": len(output.token_ids) - output.generation_start,
+                     "correct": bool(answers_match(answer, record.answer)), **measured,
                      "output": output.completion})
     return rows
 
@@ -190,10 +178,6 @@ def _point(policy: str, strength: float, rows: list[dict[str, Any]]) -> SwapPoin
                      rate(sum(row["correct"] for row in rows), len(rows)),
                      statistics.fmean(finite) if finite else math.nan, statistics.fmean(row["distinct2"] for row in rows),
                      operation_swapped=rate(sum(row["operation_swapped"] for row in rows), len(rows)))
-
-
-def _copy_baseline(baseline: SwapPoint, policy: str) -> SwapPoint:
-    return replace(baseline, policy=policy)
 
 
 def mark_broken(points: list[SwapPoint], thresholds: RegimeThresholds) -> list[SwapPoint]:

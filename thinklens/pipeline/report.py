@@ -41,7 +41,7 @@ code, pre { background: #f5f5f7; border-radius: 4px; } pre { padding: .7rem; ove
 .regime-unchanged { background: #eee; } .regime-steered { background: #c8eec8; }
 .regime-reverted { background: #f8e1b0; } .regime-broken { background: #f4c1c1; }
 .verdict-reproduced { background: #dcf2dc; } .verdict-not-reproduced { background: #f8dada; }
-.verdict-inconclusive { background: #eee; } .verdict-untested { color: #6e6e73; }
+.verdict-inconclusive { background: #eee; }
 """
 
 # Marks the body with how many images decoded, so a headless browser's DOM dump can check them.
@@ -180,19 +180,18 @@ def _findings(rundir: RunDir, facts: dict[str, Any]) -> str:
              f"[{_num(f['low'])}, {_num(f['high'])}]", _num(f["bar"]),
              f"<b>{html.escape(f['verdict'])}</b><br><span class=muted>{html.escape(f['reason'])}</span>",
              f"<code>{html.escape(f['command'])}</code>"] for f in findings["findings"]]
-    rows += [[str(u["claim"]), html.escape(u["statement"]), "–", "–", "–", "–", f"untested: {html.escape(u['reason'])}",
-              ""] for u in findings["untested"]]
     return _section(
         "findings", "Findings: the R1 study's claims on this run",
         "<p class=muted>Verdict rule: <b>reproduced</b> when the whole 95 % interval lies on the claim's side of the "
         "bar, <b>not reproduced</b> when it lies on the other side, <b>inconclusive</b> when it contains the bar or "
         "the number cannot be measured here. A claim this run does not show is a result.</p>",
         _table(["claim", "the study says", "measured", "value", "95 % interval", "bar", "verdict", "command"], rows,
-               [f"verdict-{f['verdict'].replace(' ', '-')}" for f in findings["findings"]]
-               + ["verdict-untested"] * len(findings["untested"])),
+               [f"verdict-{f['verdict'].replace(' ', '-')}" for f in findings["findings"]]),
         _image(rundir.findings_png, "each claim's number and interval against its bar"),
-        _image(rundir.analysis_png("swap"), "operator swap: swapped and correct answers against strength")
-        if rundir.analysis_png("swap").is_file() else "",
+        *(_image(rundir.analysis_png(name), caption) for name, caption in (
+            ("swap", "operator swap: swapped and correct answers against strength"),
+            ("brevity", "thinking length: mean thinking tokens and correct answers against strength"))
+          if rundir.analysis_png(name).is_file()),
     )
 
 
@@ -310,7 +309,9 @@ def _map(rundir: RunDir, facts: dict[str, Any]) -> str:
 def _steering(rundir: RunDir, facts: dict[str, Any]) -> str:
     run = rundir.root
     if not facts["sweeps"]:
-        return _section("steering", "Steering sweep", _missing(f"thinklens sweep {run} --feature F"))
+        experiments = ("<p>The study's steering experiments (operator swap, thinking length) are in the Findings "
+                       "section above.</p>" if facts["findings"] is not None else "")
+        return _section("steering", "Steering sweep", experiments, _missing(f"thinklens sweep {run} --feature F"))
     parts = []
     for sweep in facts["sweeps"]:
         config, points = sweep["config"], sweep["points"]

@@ -7,17 +7,17 @@ import json
 from pathlib import Path
 from typing import Any
 
+from thinklens.analysis.brevity import closing_token, plot_brevity, run_brevity
 from thinklens.analysis.findings import (
-    UNTESTED,
     FindingsConfig,
     FindingsReport,
+    features_finding,
     opening_finding,
-    operator_finding,
     plot_findings,
     shift_finding,
     sink_finding,
-    swap_findings,
 )
+from thinklens.analysis.steering_findings import brevity_findings, steering_findings, swap_findings
 from thinklens.analysis.swap import plot_swap, run_swap, swap_prompts
 from thinklens.errors import ThinklensError
 from thinklens.files import fresh_result, result_settings, write_envelope
@@ -42,17 +42,18 @@ def run(config: FindingsConfig, rundir: RunDir, progress: bool = True) -> StageR
     if existing is not None:
         return StageResult.nothing_to_do(f"{rundir.findings_json} is up to date")
     results = {name: json.loads(path.read_text())["result"] for name, path in analyses.items()}
-    contrast = _operator_contrast(rundir, config, progress)
-    report = FindingsReport(
-        findings=sorted([
-            opening_finding(results["prefix"], rundir.root),
-            sink_finding(results["sinks"], rundir.root, config),
-            shift_finding(results["shift"], rundir.root),
-            operator_finding(contrast, rundir.root, config.operator_segment),
-            *swap_findings(_operator_swap(rundir, config, contrast, progress), rundir.root),
-        ], key=lambda finding: finding.claim),
-        untested=UNTESTED,
-    )
+    contrasts = _contrasts(rundir, config, progress)
+    swap = _operator_swap(rundir, config, contrasts["operator"], progress)
+    brevity = _brevity(rundir, config, contrasts["end_of_thinking"], progress)
+    report = FindingsReport(findings=sorted([
+        opening_finding(results["prefix"], rundir.root),
+        sink_finding(results["sinks"], rundir.root, config),
+        shift_finding(results["shift"], rundir.root),
+        features_finding(contrasts["operator"], contrasts["backtracking"], contrasts["foresee"],
+                         _answer_lengths(rundir), rundir.root, config.operator_segment),
+        *steering_findings(swap_findings(swap, rundir.root),
+                           brevity_findings(brevity, rundir.root, config.bootstrap, config.seed)),
+    ], key=lambda finding: finding.claim))
     rundir.analysis.mkdir(parents=True, exist_ok=True)
     plot_findings(report, rundir.findings_png)
     write_envelope(rundir.findings_json, inputs, result_settings(config), report.to_json())
@@ -63,31 +64,64 @@ def run(config: FindingsConfig, rundir: RunDir, progress: bool = True) -> StageR
         headline=f"findings → {rundir.findings_json}",
         tables=[Table("the study's claims on this run (95 % intervals; verdict rule in thinklens.analysis.findings)",
                       ("claim", "what", "value", "interval", "bar", "verdict"), rows)],
-        lines=[f"({f.claim}) {f.reason}" for f in report.findings]
-        + [f"({claim}) untested: {text}" for claim, text in UNTESTED.items()],
+        lines=[f"({f.claim}) {f.reason}" for f in report.findings],
         written=[rundir.findings_json, rundir.findings_png],
         resolved={"verdicts": {str(f.claim): f.verdict for f in report.findings}},
     )
 
 
-def _operator_contrast(rundir: RunDir, config: FindingsConfig, progress: bool) -> dict[str, Any] | None:
-    """The contrast of ÷ against × problems (None when the run lacks one of them)."""
+def _contrasts(rundir: RunDir, config: FindingsConfig, progress: bool) -> dict[str, dict[str, Any] | None]:
+    """The contrasts the claims read: ÷ vs × problems; backtracking tokens vs the rest of the thinking;
+    the tokens just before a backtrack (and just before the closing tag) vs the rest. None where the run
+    lacks one of the sets."""
     from thinklens.features.contrast import ContrastConfig, read_traces
-    from thinklens.pipeline.contrasts import contrast_in_run
 
     operators = {trace["metadata"].get("operator") for trace in read_traces(rundir.traces)}
-    if not {"/", "*"} <= operators:
+    thinking, backtrack = "segment=thinking", config.backtrack_token
+    end = closing_token(rundir.features_db) if config.brevity.end_token is None else config.brevity.end_token
+    wanted = {
+        "operator": ContrastConfig(a="operator=/", b="operator=*", segment=config.operator_segment,
+                                   name=OPERATOR_CONTRAST, seed=config.seed) if {"/", "*"} <= operators else None,
+        "backtracking": ContrastConfig(a=f"{thinking},token={backtrack}", b=f"{thinking},token!={backtrack}",
+                                       unit="token", name="backtracking", seed=config.seed),
+        "foresee": ContrastConfig(a=f"{thinking},next_token={backtrack}", b=f"{thinking},next_token!={backtrack}",
+                                  unit="token", name="before-backtracking", seed=config.seed),
+        "end_of_thinking": ContrastConfig(a=f"{thinking},next_token={end}", b=f"{thinking},next_token!={end}",
+                                          unit="token", name="end-of-thinking", seed=config.seed) if end else None,
+    }
+    return {key: _contrast_or_none(rundir, contrast, progress) for key, contrast in wanted.items()}
+
+
+def _contrast_or_none(rundir: RunDir, contrast: Any, progress: bool) -> dict[str, Any] | None:
+    from thinklens.pipeline.contrasts import contrast_in_run
+
+    if contrast is None:
         return None
-    contrast = ContrastConfig(a="operator=/", b="operator=*", segment=config.operator_segment, name=OPERATOR_CONTRAST,
-                              seed=config.seed)
-    return contrast_in_run(contrast, rundir, progress)[0].to_json()
+    try:
+        return contrast_in_run(contrast, rundir, progress)[0].to_json()
+    except ThinklensError:  # a set this run does not have (no "Wait" in its thinking, say): that part is unmeasured
+        return None
+
+
+def _answer_lengths(rundir: RunDir) -> tuple[float, float]:
+    """The 5th and 95th percentiles of the stored traces' answer lengths, in tokens."""
+    import numpy as np
+
+    from thinklens.activations.store import ActivationStore
+    from thinklens.data.segments import SEGMENT_NAMES
+
+    index = ActivationStore(rundir.activations).index(["sequence_id", "segment"])
+    sequence, segment = np.asarray(index["sequence_id"]), np.asarray(index["segment"])
+    lengths = np.bincount(sequence[segment == SEGMENT_NAMES.index("answer")], minlength=int(sequence.max()) + 1)
+    low, high = np.percentile(lengths, [5, 95])
+    return float(low), float(high)
 
 
 def _operator_swap(rundir: RunDir, config: FindingsConfig, contrast: dict[str, Any] | None,
                    progress: bool) -> dict[str, Any] | None:
     """The operator-swap sweep with the contrast's held-out ÷ and × features (kept when nothing changed);
     None when there are no such features or the sweep is skipped."""
-    if config.skip_swap or contrast is None or not all(contrast["held_out"].get(side) for side in ("a", "b")):
+    if config.skip_steering or contrast is None or not all(contrast["held_out"].get(side) for side in ("a", "b")):
         return None
     features = {"/": contrast["held_out"]["a"]["feature_id"], "*": contrast["held_out"]["b"]["feature_id"]}
     path = rundir.analysis_json("swap")
@@ -118,6 +152,39 @@ def _operator_swap(rundir: RunDir, config: FindingsConfig, contrast: dict[str, A
     return result
 
 
+def _brevity(rundir: RunDir, config: FindingsConfig, contrast: dict[str, Any] | None,
+             progress: bool) -> dict[str, Any] | None:
+    """The thinking-length sweep with the end-of-thinking contrast's held-out feature (kept when nothing
+    changed); None without that feature, or when the steering experiments are skipped."""
+    if config.skip_steering or contrast is None or not contrast["held_out"].get("a"):
+        return None
+    feature = contrast["held_out"]["a"]["feature_id"]
+    path = rundir.analysis_json("brevity")
+    inputs = {"sae_sha256": hashlib.sha256(rundir.sae_weights.read_bytes()).hexdigest(),
+              "traces": rundir.trace_store.meta()["identity"], "feature": feature}
+    settings = config.brevity.model_dump(mode="json")
+    existing = fresh_result(path, inputs, settings, [rundir.analysis_png("brevity")])
+    if existing is not None:
+        return existing
+    from thinklens.features.contrast import load_direction
+    from thinklens.steering.from_run import open_variant, run_prompts
+
+    held_out = len(rundir.trace_store)  # prompts past the run's own, as for the swap
+    records = run_prompts(rundir.traces, held_out + config.brevity.prompts)
+    prompts = [r for r in records if r.sequence_id >= held_out][: config.brevity.prompts] or records[
+        : config.brevity.prompts]
+    variant = open_variant(rundir.traces, rundir.sae, rundir.features_db, [feature], device=config.device)
+    direction = load_direction(Path(contrast["direction_path"])) if config.brevity.steer_with == "direction" else None
+    points = run_brevity(config.brevity, variant, prompts, feature, rundir.analysis / "brevity_samples.jsonl",
+                         show_progress=progress, direction=direction)
+    plot_brevity(points, rundir.analysis_png("brevity"))
+    result = {"feature": feature, "selector": contrast["a"], "steer_with": config.brevity.steer_with,
+              "held_out_prompts": any(r.sequence_id >= held_out for r in prompts),
+              "points": [point.to_json() for point in points]}
+    write_envelope(path, inputs, settings, result)
+    return result
+
+
 STAGE = Stage(
     name="findings",
     config=FindingsConfig,
@@ -125,9 +192,10 @@ STAGE = Stage(
     help="The R1 study's claims as experiments: a number, a 95 % interval and a verdict each → RUN/findings.json.",
     reads=("traces", "activations", "sae", "features_db", "analysis_json:prefix", "analysis_json:sinks",
            "analysis_json:shift"),
-    writes=("findings_json", "findings_png", "analysis_json:swap", "analysis_png:swap"),
+    writes=("findings_json", "findings_png", "analysis_json:swap", "analysis_png:swap", "analysis_json:brevity",
+            "analysis_png:brevity"),
     options={"bootstrap": "bootstrap", "seed": "seed", "operator_segment": "operator_segment",
              "swap_prompts": "swap.prompts", "swap_strengths": "swap.strengths", "swap_with": "swap.steer_with",
-             "skip_swap": "skip_swap",
-             "device": "device"},
+             "brevity_prompts": "brevity.prompts", "brevity_strengths": "brevity.strengths",
+             "brevity_with": "brevity.steer_with", "skip_steering": "skip_steering", "device": "device"},
 )

@@ -25,6 +25,8 @@ class SweepStageConfig(SweepConfig):
         default="auto", description="Feature to steer, or 'auto': the feature most enriched in the thinking "
                                     "(from analyze).")
     name: str | None = Field(default=None, description="Sweep directory name under RUN/sweeps (default feature-F).")
+    skip: bool = Field(default=False, description="Leave this sweep out of `thinklens run` (the demo does: its findings "
+                                                  "stage runs the study's two steering experiments instead).")
 
     @field_validator("strengths", mode="before")
     @classmethod
@@ -46,8 +48,10 @@ def run(config: SweepStageConfig, rundir: RunDir, progress: bool = True) -> Stag
     """Run the sweep unless its directory already holds it (same SAE, traces and settings)."""
     from thinklens.steering.from_run import open_variant, run_prompts
 
+    if config.skip:
+        return StageResult.nothing_to_do("skipped (sweep.skip): the findings stage steers for the study's claims")
     feature = config.feature if config.feature != "auto" else enriched_feature(rundir)
-    sweep = SweepConfig(**{**config.model_dump(exclude={"name"}), "feature": feature})
+    sweep = SweepConfig(**{**config.model_dump(exclude={"name", "skip"}), "feature": feature})
     directory = rundir.sweep_dir(config.name or f"feature-{feature}")
     rundir.require("traces", "collect")
     rundir.require("sae_weights", "train")
