@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import click
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.table import Table
@@ -29,7 +30,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def user_errors(command: F) -> F:
-    """Turn user errors into one red line and exit code 2 (unless --debug)."""
+    """Turn user errors into one red line and exit code 2, and any other exception into one line and exit
+    code 1 (a bug), unless --debug."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -40,6 +42,15 @@ def user_errors(command: F) -> F:
                 raise
             err_console.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
+        except (typer.Exit, typer.Abort, click.exceptions.ClickException, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a bug, not bad input: one line, exit 1, the traceback behind --debug
+            if _state["debug"]:
+                raise
+            err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                              " (a bug in thinklens: re-run with --debug for the traceback and report it)",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
 
@@ -125,6 +136,7 @@ def run_command(
 
 
 # ----------------------------------------------------------------------------------- queries
+NEGATIVE_IDS = {"ignore_unknown_options": True}  # "-1" is a (bad) feature id to refuse in words, not an option
 features_app = typer.Typer(help="Query RUN/features.db: show, search, explain-text, neighbors.", no_args_is_help=True)
 app.add_typer(features_app, name="features")
 
@@ -138,7 +150,7 @@ def features_run(
     context.obj = RunDir(run)
 
 
-@features_app.command("show")
+@features_app.command("show", context_settings=NEGATIVE_IDS)
 @user_errors
 def features_show(
     context: typer.Context,
@@ -182,7 +194,7 @@ def features_search(
         console.print(f"{feature_id:>6}  {firing:>8,}  {label}", highlight=False)
 
 
-@features_app.command("neighbors")
+@features_app.command("neighbors", context_settings=NEGATIVE_IDS)
 @user_errors
 def features_neighbors(
     context: typer.Context,

@@ -46,6 +46,18 @@ def remove_stale_temps(directory: Path) -> int:
     return len(stale)
 
 
+def remove_stale_temps_under(root: Path) -> int:
+    """Delete every temp file under `root` (symlinked directories are not followed out of it); for a
+    writer that holds the run's lock, where any temp file is a killed writer's. Returns how many."""
+    removed = 0
+    for directory, _, files in os.walk(root, followlinks=False):
+        for name in files:
+            if name.startswith(TEMP_PREFIX):
+                (Path(directory) / name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 # ------------------------------------------------------------------------------------ envelopes
 ENVELOPE_FORMAT_VERSION = 1
 PLACEMENT_FIELDS = frozenset({"device"})  # where a result is computed, not what it is: never compared

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator
 
 from thinklens.activations.capture import run_to_layers
 from thinklens.activations.store import (
@@ -46,11 +46,18 @@ _TRACE_COLUMNS = [
 class HarvestConfig(BaseModel):
     """Which layers to capture and how to lay them out on disk."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     layers: tuple[NonNegativeInt, ...] = Field(
         min_length=1, description="Layers (0-based) whose residual stream after the block is captured."
     )
+
+    @field_validator("layers")
+    @classmethod
+    def _distinct_layers(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"each layer once: {list(value)} repeats one (pass --layer L once per layer)")
+        return value
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         default="auto", description="Storage dtype; 'auto' keeps the model's dtype."
     )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import statistics
 from collections import Counter
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from thinklens.analysis.grid import answer_of, coherence, run_grid, thinking_sta
 from thinklens.analysis.swap import mark_broken
 from thinklens.data.answers import answers_match
 from thinklens.data.records import PromptRecord
+from thinklens.features.db import open_read_only
 from thinklens.files import atomic_path
 from thinklens.models.generate import Sampling
 from thinklens.stats import Rate, rate
@@ -44,7 +44,7 @@ from thinklens.steering.variant import Variant
 class BrevityConfig(BaseModel):
     """Settings of the thinking-length experiment."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     strengths: tuple[float, ...] = Field(
         default=(0.0, 1.0, 2.0, 4.0, 8.0), description="Strengths, in units of the feature's typical maximum (0: none).")
@@ -95,7 +95,7 @@ def closing_token(db_path: Path) -> str | None:
     """The text of the thinking's closing tag's first token, as the run's traces spell it: the commonest
     last thinking token that holds a '<' (R1's '</think>' is one token; SmolLM2's tokenizer starts it
     with '</'). None when no trace closes its thinking."""
-    connection = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
+    connection = open_read_only(db_path)
     try:
         rows = connection.execute(
             "SELECT v.decoded_token FROM token_ids t JOIN vocab v ON v.token = t.token "

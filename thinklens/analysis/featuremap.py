@@ -32,7 +32,7 @@ TOP_TOKENS = 5
 class MapConfig(BaseModel):
     """Settings of the feature map."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     n_neighbors: int = Field(default=15, ge=2, description="UMAP neighbours (larger: more global structure).")
     min_dist: float = Field(default=0.1, ge=0, description="UMAP minimum distance between points.")

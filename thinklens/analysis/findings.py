@@ -52,7 +52,7 @@ VERDICTS: tuple[str, ...] = ("reproduced", "not reproduced", "inconclusive")
 class FindingsConfig(BaseModel):
     """Settings of the findings experiments that are not read from other stages."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     bootstrap: int = Field(default=1000, ge=100, description="Bootstrap resamples for the sink ratio's interval.")
     seed: int = Field(default=0, description="Seed of the bootstraps.")

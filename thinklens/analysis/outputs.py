@@ -29,7 +29,7 @@ from thinklens.models.loader import LoadedModel, load_model, resolve_device
 class AnalyzeConfig(BaseModel):
     """Settings of `thinklens analyze`: which analyses run and how."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     sinks: SinkConfig = Field(default_factory=SinkConfig, description="Massive activations and attention sinks.")
     shift: ShiftConfig = Field(default_factory=ShiftConfig, description="Segment shift of the SAE's features.")

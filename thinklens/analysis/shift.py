@@ -37,7 +37,7 @@ from thinklens.stats import group_bootstrap_weights, split_groups
 class ShiftConfig(BaseModel):
     """Settings of the segment-shift analysis."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     groups: int = Field(default=64, ge=2, description="Sequence groups resampled by the bootstrap.")
     bootstrap: int = Field(default=200, ge=10, description="Bootstrap resamples for the divergence intervals.")

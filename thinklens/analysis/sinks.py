@@ -44,7 +44,7 @@ PLACES: tuple[str, ...] = (
 class SinkConfig(BaseModel):
     """Which traces the sink analysis reads and how it decides what a sink is."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     traces: int = Field(
         default=16, ge=1, description="Traces analysed (the first N, those with a matched prefix first)."

@@ -41,7 +41,7 @@ SWAPPED = {"/": "*", "*": "/"}
 class SwapConfig(BaseModel):
     """Settings of the operator-swap experiment."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     strengths: tuple[float, ...] = Field(
         default=(0.0, 1.0, 2.0, 4.0, 8.0), description="Strengths, in units of the feature's typical maximum (0: none).")

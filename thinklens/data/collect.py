@@ -29,7 +29,7 @@ from thinklens.progress import progress_bar
 class GenerationConfig(BaseModel):
     """How traces are sampled."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_new_tokens: int = Field(default=512, ge=1, description="Cap on generated tokens per trace.")
     greedy: bool = Field(default=False, description="Greedy decoding instead of sampling.")
@@ -42,7 +42,7 @@ class GenerationConfig(BaseModel):
 class CollectConfig(BaseModel):
     """What `collect` generates: model, prompts, reasoning format and sampling."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="The model that writes the traces.")
     prompts: str = Field(
@@ -108,16 +108,18 @@ def collect(
     started = time.perf_counter()
     prompts = load_prompts(config.prompts, limit=config.limit, seed=config.prompt_seed, split=config.split)
     store = TraceStore(traces_dir)
-    store.claim(config.identity())
+    store.check_claim(config.identity())  # refuse another run's store before anything is loaded or written
     done = store.done_sequence_ids()
     todo = [record for record in prompts if record.sequence_id not in done]
     if not todo:
         return CollectResult(traces_dir, len(prompts), 0, len(prompts), 0, time.perf_counter() - started, None)
     if config.import_traces:
+        store.claim(config.identity())
         return _import(config, store, prompts, todo, started, show_progress)
 
     loaded = loaded or load_model(config.model)
     fmt = resolve_format(loaded.tokenizer, config)
+    store.claim(config.identity())  # only now: a model that fails to load leaves nothing that refuses the retry
     batch_size = config.generation.batch_size
     tokens = 0
     with progress_bar("collect", total=len(prompts), enabled=show_progress) as bar:

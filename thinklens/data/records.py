@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 class PromptRecord(BaseModel):
     """One prompt, whatever it came from (a built-in set, a file, a Hugging Face dataset)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     sequence_id: int = Field(description="Position of the prompt in its set; stable for a given set and seed.")
     prompt_id: str = Field(description="Readable id, e.g. 'arithmetic-000017' or the source's own id.")

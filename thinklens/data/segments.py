@@ -40,7 +40,7 @@ DEFAULT_PREFIX_PATTERN = (
 class PrefixConfig(BaseModel):
     """How the opening prefix of a thinking trace is found."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     pattern: str = Field(
         default=DEFAULT_PREFIX_PATTERN,

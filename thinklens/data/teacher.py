@@ -58,7 +58,7 @@ _FACT = re.compile(r"(\w+) is (\w+) than (\w+)")
 class TeacherTruth(BaseModel):
     """What the teacher planted in one trace: the ground truth later analyses select on."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     task: str = Field(description="The prompt set: arithmetic or logic.")
     opening: str = Field(description="The opening's first word, e.g. 'Okay,'.")
@@ -73,7 +73,7 @@ class TeacherTruth(BaseModel):
 class TeacherTrace(BaseModel):
     """One teacher trace: the thinking (after `<think>\\n`), the answer after `</think>`, and its truth."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     prompt: PromptRecord
     thinking: str

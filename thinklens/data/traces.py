@@ -81,20 +81,27 @@ class TraceStore:
             raise ThinklensError(f"no traces in {self.directory}: run `thinklens collect` first")
         return ModelConfig(**{**meta["identity"]["model"], **overrides})
 
-    def claim(self, identity: dict[str, Any]) -> None:
-        """Make the store ours for `identity`, or refuse if it holds another run's traces."""
+    def check_claim(self, identity: dict[str, Any]) -> bool:
+        """Refuse if the store holds another run's traces (writing nothing); True when it is new."""
         existing = self.meta()
         if existing is None:
             if self.parts():
                 raise ThinklensError(
                     f"{self.directory} holds trace parts without {META_FILE}: use another --out or remove that directory"
                 )
-            write_json_atomic(self.meta_path, {"format_version": TRACES_FORMAT_VERSION, "identity": identity})
-            return
+            return True
         if existing.get("format_version", 0) > TRACES_FORMAT_VERSION:
             raise ThinklensError(f"{self.directory} was written by a newer thinklens: upgrade thinklens to read it")
         refuse_other_identity(self.directory, existing.get("identity", {}), identity, "traces of another run",
                               f"use another --out or remove {self.directory}")
+        return False
+
+    def claim(self, identity: dict[str, Any]) -> None:
+        """Make the store ours for `identity`, or refuse if it holds another run's traces. Call it once the
+        inputs are known good (the model loaded): a claimed store refuses any other identity."""
+        if self.check_claim(identity):
+            write_json_atomic(self.meta_path, {"format_version": TRACES_FORMAT_VERSION, "identity": identity})
+            return
         remove_stale_temps(self.directory)
 
     def done_sequence_ids(self) -> set[int]:

@@ -17,7 +17,7 @@ HELD_OUT_PROMPTS = 1000  # the first N prompts of each held-out seed never appea
 class DistillConfig(BaseModel):
     """How a base model is fine-tuned on teacher traces. The defaults are the `smollm2-r1` recipe."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     base: ModelConfig = Field(
         default_factory=lambda: ModelConfig(model="smollm2"),

@@ -36,7 +36,7 @@ LOG = "training_log.jsonl"
 class DistillRecord(BaseModel):
     """What `distill.json` holds: the recipe that made the model, and its training figures."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     recipe: dict[str, Any]
     recipe_hash: str

@@ -44,7 +44,7 @@ HISTOGRAM_EDGES = np.concatenate([[0.0], np.logspace(-4, 4, 65)])  # activation 
 class IndexConfig(BaseModel):
     """What the feature database keeps."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     top: int = Field(default=64, ge=1, description="Top examples kept per feature.")
     quantile_samples: int = Field(default=16, ge=0, description="Extra examples per feature spread across quantiles.")

@@ -70,7 +70,7 @@ TERM = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(!=|=)\s*(.*?)\s*$")
 class ContrastConfig(BaseModel):
     """Settings of a contrast between two token sets."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     a: str = Field(description="Selector of set A, e.g. 'operator=*' or 'source=logic,segment=thinking'.")
     b: str = Field(description="Selector of set B, e.g. 'operator=/'.")

@@ -71,6 +71,14 @@ class FeatureView:
     examples: list[Example] = field(default_factory=list)
 
 
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only SQLite connection to `path`, whatever characters its name holds (`#` and `?` end the
+    path part of a URI unless quoted)."""
+    from urllib.parse import quote
+
+    return sqlite3.connect(f"file:{quote(str(Path(path).resolve()))}?mode=ro", uri=True, check_same_thread=False)
+
+
 class FeatureDB:
     """A read-only connection to a feature database."""
 
@@ -79,7 +87,13 @@ class FeatureDB:
         if not path.is_file():
             raise ThinklensError(f"no feature database at {path}: run `thinklens index {path.parent}` first")
         self.path = path
-        self.connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        self.connection = open_read_only(path)
+        try:
+            self.connection.execute("SELECT count(*) FROM features").fetchone()
+        except sqlite3.DatabaseError as exc:
+            self.connection.close()
+            raise ThinklensError(f"{path} is not a readable feature database ({exc}): rebuild it with "
+                                 f"`thinklens run --config {path.parent}/run.yaml --from index`") from None
 
     def close(self) -> None:
         self.connection.close()
@@ -111,7 +125,7 @@ class FeatureDB:
 
     def show(self, feature_id: int, top: int = 10, window: int = 10) -> FeatureView:
         """Label, statistics, logit lens and top examples of one feature."""
-        row = self.connection.execute(
+        row = None if not 0 <= feature_id < 2**63 else self.connection.execute(
             "SELECT f.*, a.label FROM features f LEFT JOIN autointerp a USING (feature_id) WHERE f.feature_id = ?",
             (feature_id,),
         ).fetchone()
@@ -134,13 +148,18 @@ class FeatureDB:
     def search(self, text: str, limit: int = 20) -> list[tuple[int, str, int]]:
         """Features whose label or top logit tokens contain `text` (case-insensitive), most frequent first:
         (feature_id, label, firing_count)."""
-        pattern = f"%{text.lower()}%"
+        def like(value: str) -> str:  # % and _ are the text's own characters, not wildcards
+            return "%" + value.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+        # Top tokens are stored as JSON, where "×" is written "\u00d7": look for both spellings.
+        plain, escaped = like(text), like(json.dumps(text)[1:-1])
         return list(self.connection.execute(
             """SELECT f.feature_id, coalesce(a.label, ''), f.firing_count
                FROM features f LEFT JOIN autointerp a USING (feature_id)
-               WHERE lower(a.label) LIKE ? OR lower(f.top_logits) LIKE ?
-               ORDER BY f.firing_count DESC LIMIT ?""",
-            (pattern, pattern, limit),
+               WHERE lower(a.label) LIKE ?1 ESCAPE '\\' OR lower(f.top_logits) LIKE ?1 ESCAPE '\\'
+                  OR lower(f.top_logits) LIKE ?2 ESCAPE '\\'
+               ORDER BY f.firing_count DESC LIMIT ?3""",
+            (plain, escaped, limit),
         ))
 
     def labels_digest(self) -> str:

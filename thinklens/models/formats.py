@@ -32,7 +32,7 @@ THINK_INSTRUCTION = (
 class ReasoningFormat(BaseModel):
     """How a prompt is rendered and how the thinking is delimited."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: FormatName = Field(description="r1, qwen3 or think.")
     open_tag: str = Field(default="<think>", description="Text that opens the thinking.")

@@ -38,7 +38,7 @@ def _run_config_model() -> type[BaseModel]:
             fields[stage.name] = (stage.config | None, Field(default=None, description=stage.help))
         else:
             fields[stage.name] = (stage.config, Field(default_factory=stage.config, description=stage.help))
-    return create_model("RunConfig", __config__=ConfigDict(extra="forbid", frozen=True),
+    return create_model("RunConfig", __config__=ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False),
                         __doc__="The settings of every stage of a run.", **fields)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from thinklens.features.contrast import ContrastConfig, ContrastFeature, ContrastReport, run_contrast
+from thinklens.pipeline.lock import run_lock
 from thinklens.pipeline.rundir import RunDir
 from thinklens.pipeline.stage import StageResult, Table
 
@@ -16,8 +17,9 @@ def contrast_in_run(config: ContrastConfig, rundir: RunDir, progress: bool = Tru
                             ("features_db", "index")):
         rundir.require(artifact, stage)
     directory = rundir.contrast_dir(config.contrast_name())
-    report = run_contrast(config, rundir.traces, rundir.activations, rundir.sae, rundir.features_db, directory,
-                          show_progress=progress, device=device)
+    with run_lock(rundir.root, "contrast"):
+        report = run_contrast(config, rundir.traces, rundir.activations, rundir.sae, rundir.features_db, directory,
+                              show_progress=progress, device=device)
     sets = {side: f"{selector!r} ({report.tokens[side]:,} tokens, {report.traces[side]} traces)"
             for side, selector in (("a", report.a), ("b", report.b))}
     tables = [Table(f"features of {title}, by {report.unit}: AUROC and log2 firing-rate ratio A/B, 95 % bootstrap "

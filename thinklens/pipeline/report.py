@@ -360,7 +360,7 @@ def run(config: ReportConfig, rundir: RunDir, progress: bool = True) -> StageRes
 class ReportConfig(BaseModel):
     """The report has no settings (yet): it shows what the run holds."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 STAGE = Stage(

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 from thinklens.errors import ThinklensError
 from thinklens.pipeline.config import RunConfig, missing_sections
+from thinklens.pipeline.lock import run_lock
 from thinklens.pipeline.registry import STAGES, get_stage, stages_from
 from thinklens.pipeline.rundir import RunDir
 from thinklens.pipeline.stage import Stage, StageResult
@@ -42,9 +43,10 @@ def run_stage(name: str, config: BaseModel | dict[str, Any] | None, rundir: RunD
     stage = get_stage(name)
     rundir = rundir if isinstance(rundir, RunDir) else RunDir(rundir)
     config = config if isinstance(config, stage.config) else stage.config.model_validate(config or {})
-    result = stage.run(config, rundir, progress)
-    if not result.skipped and stage.recorded:
-        rundir.record_stage(stage.name, config.model_dump(mode="json"), result.resolved)
+    with run_lock(rundir.root, stage.name):
+        result = stage.run(config, rundir, progress)
+        if not result.skipped and stage.recorded:
+            rundir.record_stage(stage.name, config.model_dump(mode="json"), result.resolved)
     return result
 
 
@@ -66,13 +68,14 @@ def run(config: BaseModel, out: Path | str | None = None, from_stage: str | None
     forced = stages_from(from_stage)
     observer = observer or RunObserver()
     rundir = RunDir(root)
-    rundir.record_config(config.model_copy(update={"out": Path(root)}).model_dump(mode="json", exclude_none=True))
-    results = []
-    for number, stage in enumerate(STAGES, start=1):
-        removed = [rundir.artifact(name) for name in stage.writes] if stage.name in forced else []
-        removed = [path for path in removed if rundir.remove(path)]
-        observer.stage_started(number, len(STAGES), stage, removed)
-        result = run_stage(stage.name, getattr(config, stage.name), rundir, progress)
-        observer.stage_finished(stage, result)
-        results.append(result)
+    with run_lock(root, "run"):
+        rundir.record_config(config.model_copy(update={"out": Path(root)}).model_dump(mode="json", exclude_none=True))
+        results = []
+        for number, stage in enumerate(STAGES, start=1):
+            removed = [rundir.artifact(name) for name in stage.writes] if stage.name in forced else []
+            removed = [path for path in removed if rundir.remove(path)]
+            observer.stage_started(number, len(STAGES), stage, removed)
+            result = run_stage(stage.name, getattr(config, stage.name), rundir, progress)
+            observer.stage_finished(stage, result)
+            results.append(result)
     return results

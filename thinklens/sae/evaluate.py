@@ -44,7 +44,7 @@ from thinklens.sae.sae import Sae, SaeOutput
 class EvalConfig(BaseModel):
     """How much held-out data to evaluate on."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     batch_size: int = Field(default=4096, ge=1, description="Tokens per SAE batch.")
     dense_threshold: float = Field(default=0.1, gt=0, le=1, description="Firing rate above which a feature is dense.")

@@ -43,7 +43,7 @@ LOG_FILE = "training_log.jsonl"
 class TrainConfig(BaseModel):
     """Architecture, optimisation and data settings of one SAE training run."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     arch: Arch = Field(default="batchtopk_tied", description="SAE architecture.")
     expansion: int = Field(default=8, ge=1, description="Features per input dimension (d_sae = expansion × d_model).")
@@ -141,8 +141,12 @@ def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progre
             f"only {n_train} training tokens in {activations_dir}, fewer than one batch of {config.batch_size}: "
             "collect and harvest more traces or lower --batch-size"
         )
+    d_sae = config.expansion * manifest.d_model
+    if config.arch != "relu" and config.k > d_sae:
+        raise ThinklensError(f"k = {config.k} active features of {d_sae} (expansion {config.expansion} × d_model "
+                             f"{manifest.d_model}): pass --k at most {d_sae}, or a larger --expansion")
     total_steps = _total_steps(config, n_train)
-    config = _resolve_schedule(config, config.expansion * manifest.d_model, total_steps)
+    config = _resolve_schedule(config, d_sae, total_steps)
     finished = _finished_training(Path(sae_dir), config)
     if finished is not None:
         return finished
@@ -163,6 +167,10 @@ def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progre
         bar.advance(trainer.step)
         for batch in batches:
             stats = trainer.train_step(batch.to(device, non_blocking=True))
+            if not math.isfinite(stats.loss):
+                kept = f"the checkpoint in {checkpoint} is kept" if checkpoint.is_file() else "nothing was saved"
+                raise ThinklensError(f"training diverged at step {trainer.step} (loss {stats.loss}): lower --lr (it "
+                                     f"was {trainer.lr():.3g}) and train again; {kept}")
             logger.log(trainer.step, stats, trainer.lr())
             bar.advance(1, tokens=len(batch), status=_status(stats))
             if trainer.step % config.checkpoint_every == 0 and trainer.step < total_steps:

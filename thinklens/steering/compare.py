@@ -10,17 +10,18 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from thinklens.models.generate import Sampling
-from thinklens.steering.engine import check_policy
+from thinklens.steering.engine import MAX_STRENGTH, check_policy
 
 
 class SteerConfig(BaseModel):
     """One feature at one strength on one prompt."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     feature: int = Field(ge=0, description="Feature to steer.")
-    strength: float = Field(description="Strength (× the feature's typical max unless --absolute).")
-    prompt: str = Field(description="The user prompt.")
+    strength: float = Field(ge=-MAX_STRENGTH, le=MAX_STRENGTH,
+                            description="Strength (× the feature's typical max unless --absolute), at most 1000 in size.")
+    prompt: str = Field(min_length=1, description="The user prompt.")
     policy: str = Field(default="after_prefix", description="Position policy: first_token, after_prefix, thinking, "
                                                             "answer or index:N.")
     mode: Literal["add", "clamp", "scale"] = Field(default="add", description="add, clamp or scale.")

@@ -39,21 +39,25 @@ POLICIES = ("first_token", "after_prefix", "thinking", "answer")
 NEVER = math.inf
 
 
+MAX_STRENGTH = 1000.0  # |strength| beyond this is a typo (1e30), not an experiment: refused
+
+
 class FeatureEdit(BaseModel):
     """One feature (or raw direction) and how strongly to push it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     feature: int | None = Field(default=None, ge=0, description="SAE feature id (its decoder row is the direction).")
     direction: tuple[float, ...] | None = Field(default=None, description="A raw direction in model units instead.")
-    strength: float = Field(description="Added amount (add), target activation (clamp) or factor (scale).")
+    strength: float = Field(ge=-MAX_STRENGTH, le=MAX_STRENGTH,
+                            description="Added amount (add), target activation (clamp) or factor (scale).")
     mode: Literal["add", "clamp", "scale"] = Field(default="add", description="add, clamp or scale.")
 
 
 class SteeringSpec(BaseModel):
     """What to steer, how hard, and from where."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     edits: tuple[FeatureEdit, ...] = Field(description="Features or directions to push.")
     policy: str = Field(default="after_prefix", description="first_token, after_prefix, thinking, answer or index:N.")

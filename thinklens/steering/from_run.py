@@ -27,8 +27,13 @@ def open_variant(traces_dir: Path, sae_dir: Path, db_path: Path, features: list[
     if meta is None:
         raise ThinklensError(f"no traces in {traces_dir}: run `thinklens collect` first")
     identity = meta["identity"]
+    sae = load_sae(sae_dir)
+    unknown = [f for f in features if not 0 <= f < sae.config.d_sae]
+    if unknown:
+        raise ThinklensError(f"feature {unknown[0]} does not exist: the SAE in {sae_dir} has features "
+                             f"0..{sae.config.d_sae - 1}")
     loaded = load_model(store.model_config(device=device))
-    sae = load_sae(sae_dir).to(loaded.device)
+    sae = sae.to(loaded.device)
     format_name = store.read(["format"]).column(0)[0].as_py()
     fmt = make_format(format_name, forced_opening=identity.get("forced_opening"))
     db = FeatureDB(db_path)

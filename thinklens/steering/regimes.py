@@ -36,7 +36,7 @@ MIN_SPREAD = {"readback": 0.05, "thinking_tokens": 2.0, "backtracking": 0.5, "co
 class RegimeThresholds(BaseModel):
     """The documented rule's thresholds (see the module docstring)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     steered_effect: float = Field(default=1.0, gt=0, description="Behaviour shift (in baseline spreads) that counts as steered.")
     broken_ppl_ratio: float = Field(default=3.0, gt=1, description="Perplexity ratio to baseline that counts as broken.")

@@ -23,6 +23,7 @@ from thinklens.files import atomic_path, write_json_atomic
 from thinklens.models.generate import Sampling
 from thinklens.models.loader import resolve_device
 from thinklens.progress import progress_bar
+from thinklens.steering.engine import MAX_STRENGTH
 from thinklens.steering.metrics import SampleMetrics, measure
 from thinklens.steering.plots import plot_sweep
 from thinklens.steering.regimes import PointSummary, RegimeThresholds, oversteering_pattern, summarise
@@ -32,7 +33,7 @@ from thinklens.steering.variant import Variant
 class SweepConfig(BaseModel):
     """One feature, several strengths and position policies."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     feature: int = Field(ge=0, description="Feature to steer.")
     strengths: tuple[float, ...] = Field(default=(0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0), description="Strengths (0 = baseline).")
@@ -55,13 +56,17 @@ class SweepConfig(BaseModel):
 
 
 def strengths_from_text(value: Any) -> Any:
-    """A strength grid given as text ("0,1,2,4", from the command line) as a tuple; anything else as it is."""
-    if not isinstance(value, str):
-        return value
-    try:
-        return tuple(float(part) for part in value.split(",") if part.strip())
-    except ValueError:
-        raise ValueError(f"strengths must be numbers separated by commas, e.g. 0,1,2,4 (got {value!r})") from None
+    """A strength grid given as text ("0,1,2,4", from the command line) as a tuple, each finite and within
+    ±MAX_STRENGTH; anything else as it is."""
+    if isinstance(value, str):
+        try:
+            value = tuple(float(part) for part in value.split(",") if part.strip())
+        except ValueError:
+            raise ValueError(f"strengths must be numbers separated by commas, e.g. 0,1,2,4 (got {value!r})") from None
+    if isinstance(value, (list, tuple)) and not all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                    and abs(v) <= MAX_STRENGTH for v in value):
+        raise ValueError(f"strengths must be finite and at most {MAX_STRENGTH:g} in size (got {value!r})")
+    return value
 
 
 @dataclass

@@ -12,7 +12,7 @@ from thinklens.pipeline.stage import Stage, StageResult
 class LabelConfig(BaseModel):
     """Settings of the heuristic labels."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     force: bool = Field(default=False, description="Relabel even when every feature has a label.")
 

@@ -1,0 +1,186 @@
+"""Hostile but fair input, case by case: each gives one line naming the fix, exit code 2, and leaves the
+run directory exactly as it was (a hash of every file under it, before and after).
+
+The table is the catalogue; the tests after it are the faults a table cannot express (another
+writer holding the run, a killed writer's temp files, a run directory whose name a URI would cut).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from thinklens.cli import app
+from thinklens.pipeline.lock import LOCK_NAME
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    argv: tuple[str, ...]  # {run}: a copy of a complete tiny run; {file}: a plain file beside it
+    message: str  # a regular expression the one error line must match
+    prepare: str | None = None  # a fault to make first (see _prepare)
+
+
+CATALOGUE = [
+    Case("collect a model that does not exist", ("collect", "--model", "does/not/exist", "--out", "{new}"),
+         r"does/not/exist"),
+    Case("collect into a path that is a file", ("collect", "--model", "smollm2", "--out", "{file}"), r"is a file"),
+    Case("show a negative feature id", ("features", "{run}", "show", "-1"), r"feature -1 does not exist"),
+    Case("show a feature id beyond 64 bits", ("features", "{run}", "show", str(10**20)), r"does not exist"),
+    Case("neighbours of a feature the SAE lacks", ("features", "{run}", "neighbors", "100000"), r"does not exist"),
+    Case("show on a feature database that is text", ("features", "{run}", "show", "0"),
+         r"not a readable feature database", prepare="features.db is text"),
+    Case("show on a truncated feature database", ("features", "{run}", "show", "0"),
+         r"not a readable feature database", prepare="features.db is truncated"),
+    Case("train with an infinite learning rate", ("train", "{run}", "--lr", "inf"), r"lr: .*finite"),
+    Case("train with NaN as the learning rate", ("train", "{run}", "--lr", "nan"), r"lr: .*finite"),
+    Case("train more active features than the SAE has", ("train", "{run}", "--k", "100000"), r"k = 100000"),
+    Case("harvest one layer twice", ("harvest", "{run}", "--layer", "1", "--layer", "1"), r"each layer once"),
+    Case("steer at NaN strength", ("steer", "{run}", "--feature", "0", "--strength", "nan", "--prompt", "2+2?"),
+         r"strength: .*finite"),
+    Case("steer at infinite strength", ("steer", "{run}", "--feature", "0", "--strength", "inf", "--prompt", "2+2?"),
+         r"strength: .*finite"),
+    Case("steer at 1e30", ("steer", "{run}", "--feature", "0", "--strength", "1e30", "--prompt", "2+2?"),
+         r"strength: .*1000"),
+    Case("steer an empty prompt", ("steer", "{run}", "--feature", "0", "--strength", "2", "--prompt", ""),
+         r"prompt: "),
+    Case("steer a feature the SAE lacks", ("steer", "{run}", "--feature", "100000", "--strength", "2", "--prompt",
+                                           "2+2?"), r"feature 100000 does not exist"),
+    Case("sweep a feature the SAE lacks", ("sweep", "{run}", "--feature", "100000", "--strengths", "0,2"),
+         r"feature 100000 does not exist"),
+    Case("sweep at an infinite strength", ("sweep", "{run}", "--feature", "0", "--strengths", "0,inf"),
+         r"strengths must be finite"),
+    Case("sweep named out of the run", ("sweep", "{run}", "--feature", "0", "--name", "../../escaped"),
+         r"plain directory name"),
+    Case("sweep named by an absolute path", ("sweep", "{run}", "--feature", "0", "--name", "/tmp/escaped"),
+         r"plain directory name"),
+    Case("contrast on an unknown key", ("contrast", "{run}", "--a", "colour=red", "--b", "operator=*"),
+         r"unknown key 'colour'"),
+    Case("contrast on a token no trace has", ("contrast", "{run}", "--a", "token=Zzyzx", "--b", "token!=Zzyzx"),
+         r"allow no token"),
+    Case("findings with a bootstrap too small to give an interval", ("findings", "{run}", "--bootstrap", "3"),
+         r"bootstrap"),
+]
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 over every file's relative path and bytes under `root` (the run's lock file aside)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != LOCK_NAME):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _prepare(run: Path, fault: str | None) -> None:
+    if fault == "features.db is text":
+        (run / "features.db").write_text("not a database\n")
+    elif fault == "features.db is truncated":
+        data = (run / "features.db").read_bytes()
+        (run / "features.db").write_bytes(data[: len(data) // 3])
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.strip() and not line.startswith(("Loading", "Writing"))]
+
+
+@pytest.mark.parametrize("case", CATALOGUE, ids=[case.name for case in CATALOGUE])
+def test_bad_input_gives_one_line_exit_2_and_changes_nothing(case, indexed_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(indexed_run, run)
+    _prepare(run, case.prepare)
+    plain_file = tmp_path / "a-file"
+    plain_file.write_text("keep me\n")
+    before = tree_digest(tmp_path)
+    argv = [part.format(run=run, file=plain_file, new=tmp_path / "new-run") for part in case.argv]
+    result = CliRunner().invoke(app, argv)
+    lines = _error_lines(result.output)
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert re.search(case.message, lines[0]), lines[0]
+    assert tree_digest(tmp_path) == before  # nothing written, nothing removed
+    assert not (tmp_path / "new-run").exists() and not Path("/tmp/escaped").exists()
+
+
+def test_a_second_writer_is_refused_with_the_holder_named(indexed_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(indexed_run, run)
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\nfrom thinklens.pipeline.lock import run_lock\n"
+        "with run_lock(sys.argv[1], 'index'):\n    print('held', flush=True)\n    time.sleep(60)\n"), str(run)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = tree_digest(run)
+        result = CliRunner().invoke(app, ["contrast", str(run), "--a", "operator=*", "--b", "operator!=*"])
+        assert result.exit_code == 2
+        assert re.search(rf"is being written by `thinklens index` \(pid {holder.pid}", result.output), result.output
+        assert tree_digest(run) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # Killed, the holder's lock went with it: the next writer takes the run without a word.
+    result = CliRunner().invoke(app, ["contrast", str(run), "--a", "operator=*", "--b", "operator!=*",
+                                      "--bootstrap", "20"])
+    assert result.exit_code == 0, result.output
+
+
+def test_a_killed_writers_temp_files_are_removed_by_the_next_writer(indexed_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(indexed_run, run)
+    stale = [run / ".tmp-features.db.k1ll3d", run / "sae" / ".tmp-sae_weights.safetensors.x"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    result = CliRunner().invoke(app, ["contrast", str(run), "--a", "operator=*", "--b", "operator!=*",
+                                      "--bootstrap", "20"])
+    assert result.exit_code == 0, result.output
+    assert not any(path.exists() for path in stale)
+
+
+def test_a_run_directory_named_with_uri_characters_opens(indexed_run, tmp_path):
+    run = tmp_path / "exp#1?x"
+    shutil.copytree(indexed_run, run)
+    result = CliRunner().invoke(app, ["features", str(run), "show", "0"])
+    assert result.exit_code == 0, result.output
+    assert "feature 0" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp#1?x"]  # no stray file beside it
+
+
+def test_search_text_is_matched_literally(indexed_run):
+    from thinklens.features.db import FeatureDB
+
+    with FeatureDB(Path(indexed_run) / "features.db") as db:
+        everything = db.n_features
+        assert len(db.search("%", limit=everything)) < everything  # '%' is a character, not "anything"
+        assert len(db.search("_", limit=everything)) < everything
+
+
+def test_collect_retried_after_a_bad_model_is_not_refused(tiny_models, tmp_path):
+    out = tmp_path / "run"
+    bad = CliRunner().invoke(app, ["collect", "--model", str(tmp_path / "missing-model"), "--out", str(out),
+                                   "--prompts", "arithmetic", "--limit", "2", "--max-new-tokens", "4"])
+    assert bad.exit_code == 2 and not out.exists()
+    good = CliRunner().invoke(app, ["collect", "--model", str(tiny_models["llama"]), "--out", str(out),
+                                    "--prompts", "arithmetic", "--limit", "2", "--max-new-tokens", "4"])
+    assert good.exit_code == 0, good.output
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
+def test_a_read_only_run_directory_is_refused_before_any_work(indexed_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(indexed_run, run)
+    os.chmod(run, 0o555)
+    try:
+        result = CliRunner().invoke(app, ["contrast", str(run), "--a", "operator=*", "--b", "operator!=*"])
+        assert result.exit_code == 2 and "not writable" in result.output
+    finally:
+        os.chmod(run, 0o755)
