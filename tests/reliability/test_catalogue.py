@@ -70,6 +70,20 @@ CATALOGUE = [
          r"allow no token"),
     Case("findings with a bootstrap too small to give an interval", ("findings", "{run}", "--bootstrap", "3"),
          r"bootstrap"),
+    Case("collect from a binary prompt file", ("collect", "--model", "smollm2", "--prompts", "{binary}", "--out",
+                                               "{new}"), r"not UTF-8 text"),
+    Case("collect with a truncated .gguf", ("collect", "--model", "{gguf}", "--out", "{new}"),
+         r"not a readable GGUF model"),
+    Case("harvest over a truncated traces part", ("harvest", "{run}", "--layer", "1"), r"is corrupt.*collect",
+         prepare="a trace part is truncated"),
+    Case("neighbours from truncated SAE weights", ("features", "{run}", "neighbors", "0"), r"corrupt",
+         prepare="sae weights are truncated"),
+    Case("neighbours from a cfg.json without d_in", ("features", "{run}", "neighbors", "0"), r"cfg.json: d_in: field",
+         prepare="cfg.json lacks d_in"),
+    Case("neighbours from a SAELens cfg.json without d_in", ("features", "{run}", "neighbors", "0"), r"lacks 'd_in'",
+         prepare="a SAELens cfg.json lacks d_in"),
+    Case("contrast over a deleted activation shard", ("contrast", "{run}", "--a", "operator=*", "--b", "operator!=*"),
+         r"missing or truncated: run `thinklens harvest", prepare="an activation shard is deleted"),
 ]
 
 
@@ -82,7 +96,27 @@ def tree_digest(root: Path) -> str:
 
 
 def _prepare(run: Path, fault: str | None) -> None:
-    if fault == "features.db is text":
+    import json
+
+    cfg = run / "sae" / "cfg.json"
+    if fault == "a trace part is truncated":
+        part = sorted((run / "traces").glob("part-*.parquet"))[0]
+        part.write_bytes(part.read_bytes()[:200])
+    elif fault == "sae weights are truncated":
+        weights = run / "sae" / "sae_weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif fault == "cfg.json lacks d_in":
+        data = json.loads(cfg.read_text())
+        del data["thinklens"]["d_in"]
+        cfg.write_text(json.dumps(data))
+    elif fault == "a SAELens cfg.json lacks d_in":
+        data = json.loads(cfg.read_text())
+        data.pop("thinklens")
+        data.pop("d_in", None)
+        cfg.write_text(json.dumps(data))
+    elif fault == "an activation shard is deleted":
+        sorted((run / "activations").glob("layers.*/shard-*.bin"))[-1].unlink()
+    elif fault == "features.db is text":
         (run / "features.db").write_text("not a database\n")
     elif fault == "features.db is truncated":
         data = (run / "features.db").read_bytes()
@@ -90,7 +124,9 @@ def _prepare(run: Path, fault: str | None) -> None:
 
 
 def _error_lines(output: str) -> list[str]:
-    return [line for line in output.splitlines() if line.strip() and not line.startswith(("Loading", "Writing"))]
+    """What the command printed besides progress (bars, and transformers' loading lines)."""
+    return [line for line in output.splitlines()
+            if line.strip() and not line.startswith(("Loading", "Writing")) and "━" not in line]
 
 
 @pytest.mark.parametrize("case", CATALOGUE, ids=[case.name for case in CATALOGUE])
@@ -100,8 +136,13 @@ def test_bad_input_gives_one_line_exit_2_and_changes_nothing(case, indexed_run, 
     _prepare(run, case.prepare)
     plain_file = tmp_path / "a-file"
     plain_file.write_text("keep me\n")
+    binary = tmp_path / "prompts.jsonl"
+    binary.write_bytes(b'{"prompt": "\xff\xfe\x00 not text"}\n')
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(40))  # a header, then nothing
     before = tree_digest(tmp_path)
-    argv = [part.format(run=run, file=plain_file, new=tmp_path / "new-run") for part in case.argv]
+    argv = [part.format(run=run, file=plain_file, new=tmp_path / "new-run", binary=binary, gguf=gguf)
+            for part in case.argv]
     result = CliRunner().invoke(app, argv)
     lines = _error_lines(result.output)
     assert result.exit_code == 2, (result.exit_code, result.output)
@@ -184,3 +225,15 @@ def test_a_read_only_run_directory_is_refused_before_any_work(indexed_run, tmp_p
         assert result.exit_code == 2 and "not writable" in result.output
     finally:
         os.chmod(run, 0o755)
+
+
+def test_harvest_redoes_a_deleted_shard_to_the_same_bytes(indexed_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(indexed_run, run)
+    shard = sorted((run / "activations").glob("layers.*/shard-*.bin"))[-1]
+    original = shard.read_bytes()
+    shard.unlink()
+    result = CliRunner().invoke(app, ["harvest", str(run), "--layer", "1", "--shard-tokens", "600"])
+    assert result.exit_code == 0, result.output
+    assert shard.read_bytes() == original
+    assert tree_digest(run / "activations") == tree_digest(Path(indexed_run) / "activations")

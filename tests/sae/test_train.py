@@ -135,3 +135,45 @@ def test_the_default_recipe_recovers_a_planted_dictionary_under_a_large_shared_m
     centred, uncentred = _recovered(tmp_path / "centred", directions), _recovered(tmp_path / "uncentred", directions)
     assert centred >= 0.9, (centred, uncentred)
     assert centred > uncentred
+
+
+class _Killed(BaseException):
+    """Stands for a kill: raised at a chosen point, it unwinds like SIGINT and skips every `except Exception`."""
+
+
+@pytest.mark.parametrize("window", ["just after a checkpoint", "between checkpoints", "before the last step",
+                                    "between saving the SAE and removing the checkpoint"])
+def test_a_kill_at_each_window_resumes_to_the_uninterrupted_weights_and_log(planted, tmp_path, monkeypatch, window):
+    import thinklens.sae.train as training
+
+    config = TrainConfig(arch="batchtopk_tied", expansion=4, k=3, batch_size=256, epochs=2, min_steps=30, lr=3e-3,
+                         checkpoint_every=10, buffer_tokens=8192, init_tokens=2048)
+    whole = train(config, planted / "activations", tmp_path / "whole", show_progress=False)
+    kill_at = {"just after a checkpoint": 11, "between checkpoints": 15, "before the last step": whole.steps}.get(window)
+    real_step, real_save = training._Trainer.train_step, training.save_sae
+
+    def step_then_maybe_die(self, batch):
+        stats = real_step(self, batch)
+        if self.step == kill_at:
+            raise _Killed  # after the step, before its log line: the window a kill leaves unlogged
+        return stats
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise _Killed
+
+    monkeypatch.setattr(training._Trainer, "train_step", step_then_maybe_die)
+    if kill_at is None:
+        monkeypatch.setattr(training, "save_sae", save_then_die)
+    with pytest.raises(_Killed):
+        train(config, planted / "activations", tmp_path / "killed", show_progress=False)
+    monkeypatch.undo()
+    resumed = train(config, planted / "activations", tmp_path / "killed", show_progress=False)
+    assert resumed.steps == whole.steps
+    a, b = load_sae(tmp_path / "killed"), load_sae(tmp_path / "whole")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
+    logged = [json.loads(line) for line in (tmp_path / "killed" / LOG_FILE).read_text().splitlines()]
+    assert [r["step"] for r in logged] == list(range(1, whole.steps + 1))  # each step once, none missing
+    assert (tmp_path / "killed" / LOG_FILE).read_text() == (tmp_path / "whole" / LOG_FILE).read_text()
+    assert not (tmp_path / "killed" / CHECKPOINT_FILE).exists()

@@ -183,7 +183,7 @@ def _claim(store: ActivationStore, identity: dict[str, Any], plan: list[ShardInf
     if done != plan[: len(done)]:
         raise ThinklensError(f"the traces changed since {store.directory} was harvested: remove {store.directory}")
     store.remove_stale_temps()
-    return done
+    return store.intact_shards()  # a shard whose file went missing is harvested again, with all after it
 
 
 def _manifest(

@@ -194,6 +194,21 @@ class ActivationStore:
         """Completed shards, in order."""
         return list(self.manifest().shards)
 
+    def intact_shards(self) -> list[ShardInfo]:
+        """The completed shards, in order, up to the first whose files are missing or short (a file deleted or
+        truncated by hand): harvest redoes that one and those after it."""
+        manifest = self.manifest()
+        itemsize = np.dtype(_NUMPY_DTYPES[manifest.dtype]).itemsize
+        intact = []
+        for shard in manifest.shards:
+            expected = shard.rows * manifest.d_model * itemsize
+            files = [self.shard_path(layer, shard.shard) for layer in manifest.layers]
+            if not self.index_path(shard.shard).is_file() or any(
+                    not path.is_file() or path.stat().st_size != expected for path in files):
+                break
+            intact.append(shard)
+        return intact
+
     @property
     def token_count(self) -> int:
         return sum(shard.rows for shard in self.shards())
@@ -225,6 +240,10 @@ class ActivationStore:
         """Memory-map one shard of `layer` as a (rows, d_model) array in its storage dtype."""
         if layer not in self.layers:
             raise ThinklensError(f"layer {layer} was not harvested into {self.directory}: it holds layers {self.layers}")
+        path = self.shard_path(layer, shard.shard)
+        if not path.is_file() or path.stat().st_size != shard.rows * self.d_model * np.dtype(_NUMPY_DTYPES[self.dtype]).itemsize:
+            raise ThinklensError(f"{path} is missing or truncated: run `thinklens harvest {self.directory.parent}` to "
+                                 "harvest that shard again")
         return np.memmap(
             self.shard_path(layer, shard.shard),
             dtype=_NUMPY_DTYPES[self.dtype],

@@ -15,6 +15,8 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from thinklens.data.procedural import BUILTIN_SETS, builtin_prompts
 from thinklens.data.records import PromptRecord
 from thinklens.errors import ThinklensError
@@ -55,7 +57,14 @@ def load_prompts(
     if path.is_dir():
         return _records(*_disk_rows(path, split), path.name, limit)
     if path.is_file():
-        return _records(*_file_rows(path), path.stem, limit)
+        try:
+            return _records(*_file_rows(path), path.stem, limit)
+        except UnicodeDecodeError as exc:
+            raise ThinklensError(f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded): save it as UTF-8 "
+                                 "or convert it to .parquet") from None
+        except (pa.ArrowException, csv.Error) as exc:
+            raise ThinklensError(f"{path} cannot be read as {path.suffix.lstrip('.')} "
+                                 f"({str(exc).splitlines()[0][:120]}): check or re-export the file") from None
     if path.suffix.lower() in FILE_SUFFIXES or spec.startswith((".", "/", "~")):
         raise ThinklensError(f"prompt file {spec} does not exist; check the path")
     if spec.count("/") == 1 and all(spec.split("/")):

@@ -108,7 +108,7 @@ class TraceStore:
         """Sequence ids already written (reads only that column)."""
         done: set[int] = set()
         for part in self.parts():
-            done.update(pq.read_table(part, columns=["sequence_id"]).column(0).to_pylist())
+            done.update(_read_part(part, ["sequence_id"]).column(0).to_pylist())
         return done
 
     def write_part(self, rows: list[dict[str, Any]]) -> Path:
@@ -127,12 +127,12 @@ class TraceStore:
         if not parts:
             raise ThinklensError(f"no traces in {self.directory}: run `thinklens collect --out {self.directory.parent}` first")
         names = list(columns) if columns is not None else None
-        tables = [pq.read_table(part, columns=names) for part in parts]
+        tables = [_read_part(part, names) for part in parts]
         table = pa.concat_tables(tables)
         return table.sort_by("sequence_id") if "sequence_id" in table.column_names else table
 
     def __len__(self) -> int:
-        return sum(pq.read_metadata(part).num_rows for part in self.parts())
+        return sum(_read_part(part, ["sequence_id"]).num_rows for part in self.parts())
 
 
 def summarize_traces(store: TraceStore) -> dict[str, float]:
@@ -151,3 +151,12 @@ def summarize_traces(store: TraceStore) -> dict[str, float]:
         "hit_token_cap": table["finish_reason"].count("length") / count,
         "accuracy": sum(graded) / len(graded) if graded else float("nan"),
     }
+
+
+def _read_part(part: Path, columns: list[str] | None) -> pa.Table:
+    """One trace part; a corrupt or truncated one is named with the fix (collect regenerates what is missing)."""
+    try:
+        return pq.read_table(part, columns=columns)
+    except (pa.ArrowException, OSError) as exc:
+        raise ThinklensError(f"{part} is corrupt ({str(exc).splitlines()[0][:100]}): delete it and run `thinklens "
+                             f"collect --out {part.parent.parent}` again to regenerate its traces") from None

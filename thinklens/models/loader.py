@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -258,8 +259,12 @@ def _dequantised_gguf_dir(gguf_file: Path) -> tuple[Path, str]:
     from safetensors.torch import save_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
+    except (OSError, ValueError, KeyError, EOFError, struct.error) as exc:  # truncated or not GGUF at all
+        raise ThinklensError(f"{gguf_file} is not a readable GGUF model ({type(exc).__name__}: {_first_line(exc)}): "
+                             "download it again, or point --model at another file") from None
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".staging-"))
     try:

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from thinklens.errors import ThinklensError
@@ -89,8 +90,30 @@ def load_sae(directory: Path) -> Sae:
     try:
         cfg = json.loads(cfg_path.read_text())
         tensors = load_file(str(weights_path))
-    except (json.JSONDecodeError, OSError, RuntimeError) as exc:
-        raise ThinklensError(f"the SAE files in {directory} are corrupt ({exc}): re-train or re-download them") from exc
+    except (json.JSONDecodeError, OSError, RuntimeError, SafetensorError) as exc:
+        raise ThinklensError(f"the SAE files in {directory} are corrupt ({exc}): re-train or re-download them") from None
+    if not isinstance(cfg, dict):
+        raise ThinklensError(f"{cfg_path} is not a JSON object: re-train or re-download the SAE")
+    try:
+        return _sae_from(cfg, tensors, directory)
+    except KeyError as exc:
+        raise ThinklensError(f"the SAE in {directory} lacks {exc.args[0]!r} (in {CFG_FILE} or {WEIGHTS_FILE}): "
+                             "re-train or re-download it") from None
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        raise ThinklensError(f"{cfg_path}: {where}: {problem['msg'].lower()}: fix the file or re-download the SAE"
+                             ) from None
+    except RuntimeError as exc:  # tensors of other shapes than cfg.json says
+        raise ThinklensError(f"the weights in {weights_path} do not match {CFG_FILE} ({_first_line(exc)}): "
+                             "re-train or re-download the SAE") from None
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+
+
+def _sae_from(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], directory: Path) -> Sae:
     own = cfg.get("thinklens")
     if own is None:
         return from_saelens(cfg, tensors)

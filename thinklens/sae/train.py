@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -161,12 +162,33 @@ def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progre
             scale_inputs=config.normalize_inputs,
         )
     batches = _batches(activations_dir, config, layer, total_steps, skip=trainer.step)
-    logger = _Logger(Path(sae_dir), config, resume=trainer.step > 0)
+    logger = _Logger(Path(sae_dir), config, resume_step=trainer.step)
+    try:
+        stats = _train_steps(trainer, batches, logger, checkpoint, total_steps, show_progress)
+    except BaseException:
+        logger.close()  # its lines past the checkpoint are dropped on resume; open, they could land later
+        raise
+    trainer.sae.calibrate_threshold(list(_init_sample(activations_dir, config, layer).split(config.batch_size)))
+    final = {"loss": stats.loss, "fvu": stats.fvu, "l0": stats.l0, "dead_fraction": stats.dead_fraction}
+    metadata = {"training": result_settings(config), "steps": trainer.step, "final": final,
+                "dead_features": trainer.dead_record()}
+    logger.close()  # the whole log on disk before the SAE that says training finished
+    save_sae(trainer.sae, Path(sae_dir), metadata=metadata)
+    checkpoint.unlink(missing_ok=True)  # a kill before this leaves a checkpoint the next call removes
+    seconds = time.perf_counter() - started
+    return TrainResult(Path(sae_dir), trainer.step, trainer.step * config.batch_size, seconds, final, config.batch_size)
+
+
+def _train_steps(trainer: _Trainer, batches: Any, logger: _Logger, checkpoint: Path, total_steps: int,
+                 show_progress: bool) -> StepStats:
+    """The training loop: a step, its log line, and every `checkpoint_every` steps the log flushed then a
+    checkpoint; a non-finite loss stops it with the checkpoint kept. Returns the last step's stats."""
+    config = trainer.config
     stats = StepStats(math.nan, math.nan, math.nan, math.nan)
     with progress_bar("train", total=total_steps, enabled=show_progress) as bar, _fast_matmuls(trainer.tf32):
         bar.advance(trainer.step)
         for batch in batches:
-            stats = trainer.train_step(batch.to(device, non_blocking=True))
+            stats = trainer.train_step(batch.to(trainer.device, non_blocking=True))
             if not math.isfinite(stats.loss):
                 kept = f"the checkpoint in {checkpoint} is kept" if checkpoint.is_file() else "nothing was saved"
                 raise ThinklensError(f"training diverged at step {trainer.step} (loss {stats.loss}): lower --lr (it "
@@ -174,16 +196,9 @@ def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progre
             logger.log(trainer.step, stats, trainer.lr())
             bar.advance(1, tokens=len(batch), status=_status(stats))
             if trainer.step % config.checkpoint_every == 0 and trainer.step < total_steps:
+                logger.flush()
                 trainer.save_checkpoint(checkpoint)
-    trainer.sae.calibrate_threshold(list(_init_sample(activations_dir, config, layer).split(config.batch_size)))
-    final = {"loss": stats.loss, "fvu": stats.fvu, "l0": stats.l0, "dead_fraction": stats.dead_fraction}
-    metadata = {"training": result_settings(config), "steps": trainer.step, "final": final,
-                "dead_features": trainer.dead_record()}
-    save_sae(trainer.sae, Path(sae_dir), metadata=metadata)
-    checkpoint.unlink(missing_ok=True)
-    logger.close()
-    seconds = time.perf_counter() - started
-    return TrainResult(Path(sae_dir), trainer.step, trainer.step * config.batch_size, seconds, final, config.batch_size)
+    return stats
 
 
 def _finished_training(sae_dir: Path, config: TrainConfig) -> TrainResult | None:
@@ -196,6 +211,7 @@ def _finished_training(sae_dir: Path, config: TrainConfig) -> TrainResult | None
     metadata = sae_metadata(sae_dir)
     refuse_other_identity(sae_dir, _settings_of_record(metadata.get("training", {})), result_settings(config),
                           "an SAE trained with other settings", f"remove {sae_dir} or train into another run")
+    (sae_dir / CHECKPOINT_FILE).unlink(missing_ok=True)  # left by a kill between saving the SAE and removing it
     steps = int(metadata.get("steps", 0))
     return TrainResult(sae_dir, steps, steps * (config.batch_size or 0), 0.0, metadata.get("final", {}),
                        config.batch_size or 0, skipped=True)
@@ -442,9 +458,25 @@ def _status(stats: StepStats) -> str:
 class _Logger:
     """JSON lines in sae/training_log.jsonl, and W&B when a project is set."""
 
-    def __init__(self, directory: Path, config: TrainConfig, resume: bool) -> None:
+    def __init__(self, directory: Path, config: TrainConfig, resume_step: int) -> None:
+        """Resuming from the checkpoint of `resume_step`, the log keeps exactly one line per step up to it:
+        lines a killed run wrote past its checkpoint are dropped, as those steps are trained again."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.file = open(directory / LOG_FILE, "a" if resume else "w")  # noqa: SIM115 - closed in close()
+        path = directory / LOG_FILE
+        kept = []
+        if resume_step > 0 and path.is_file():
+            seen: set[int] = set()
+            for line in path.read_text().splitlines():
+                try:
+                    step = json.loads(line)["step"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by the kill
+                if step <= resume_step and step not in seen:
+                    seen.add(step)
+                    kept.append(line + "\n")
+        with atomic_path(path) as temp:
+            temp.write_text("".join(kept))
+        self.file = open(path, "a")  # noqa: SIM115 - closed in close()
         self.run = None
         if config.wandb_project:
             try:
@@ -459,6 +491,11 @@ class _Logger:
         self.file.write(json.dumps(record) + "\n")
         if self.run is not None:
             self.run.log(record, step=step)
+
+    def flush(self) -> None:
+        """Every line so far on disk: called before a checkpoint, so the log never lags the weights."""
+        self.file.flush()
+        os.fsync(self.file.fileno())
 
     def close(self) -> None:
         self.file.close()
