@@ -9,6 +9,7 @@ traceback instead.
 
 from __future__ import annotations
 
+import errno
 import functools
 from collections.abc import Callable
 from pathlib import Path
@@ -44,15 +45,26 @@ def user_errors(command: F) -> F:
             raise typer.Exit(2) from None
         except (typer.Exit, typer.Abort, click.exceptions.ClickException, KeyboardInterrupt):
             raise
-        except Exception as exc:  # a bug, not bad input: one line, exit 1, the traceback behind --debug
+        except Exception as exc:  # a full disk (exit 2), else a bug: one line, exit 1, the traceback behind --debug
             if _state["debug"]:
                 raise
+            if _disk_full(exc):
+                where = getattr(exc, "filename", None)
+                err_console.print(f"[red]error:[/red] the disk is full{f' (writing {where})' if where else ''}: free "
+                                  "space and run the same command again; what it finished is kept and it resumes",
+                                  highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
             err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                               " (a bug in thinklens: re-run with --debug for the traceback and report it)",
                               highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _disk_full(exc: Exception) -> bool:
+    """ENOSPC, or SQLite's own words for it."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or "disk is full" in str(exc)
 
 
 def _one_line(exc: Exception) -> str:

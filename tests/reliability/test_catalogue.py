@@ -54,6 +54,12 @@ CATALOGUE = [
          r"strength: .*1000"),
     Case("steer an empty prompt", ("steer", "{run}", "--feature", "0", "--strength", "2", "--prompt", ""),
          r"prompt: "),
+    Case("steer a prompt longer than the model's context", ("steer", "{run}", "--feature", "0", "--strength", "2",
+                                                             "--prompt", "what is 2 + 2? " * 300),
+         r"tokens and .* reads at most 512: shorten the prompt"),
+    Case("explain a text longer than the model's context", ("features", "{run}", "explain-text", "two plus two " * 400),
+         r"reads at most 512: explain a shorter text"),
+    Case("explain an empty text", ("features", "{run}", "explain-text", "  "), r"empty"),
     Case("steer a feature the SAE lacks", ("steer", "{run}", "--feature", "100000", "--strength", "2", "--prompt",
                                            "2+2?"), r"feature 100000 does not exist"),
     Case("sweep a feature the SAE lacks", ("sweep", "{run}", "--feature", "100000", "--strengths", "0,2"),
@@ -237,3 +243,50 @@ def test_harvest_redoes_a_deleted_shard_to_the_same_bytes(indexed_run, tmp_path)
     assert result.exit_code == 0, result.output
     assert shard.read_bytes() == original
     assert tree_digest(run / "activations") == tree_digest(Path(indexed_run) / "activations")
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of 1 MiB (skipped where mounting is not allowed)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True,
+                          text=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip() or made.returncode})")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Take all but `leave` bytes of the disk's free space."""
+    free = shutil.disk_usage(disk).free
+    (disk / "ballast").write_bytes(bytes(max(0, free - leave)))
+
+
+def test_a_harvest_the_disk_cannot_hold_is_refused_with_the_space_it_needs(indexed_run, small_disk):
+    run = small_disk / "run"
+    run.mkdir()
+    shutil.copytree(Path(indexed_run) / "traces", run / "traces")
+    _fill(small_disk, leave=64 * 1024)  # the activations take ~570 KB
+    before = tree_digest(run)
+    result = CliRunner().invoke(app, ["harvest", str(run), "--layer", "1", "--shard-tokens", "600"])
+    lines = _error_lines(result.output)
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert re.search(r"harvest needs ~[\d.]+ KB .* free", lines[0]), lines[0]
+    assert tree_digest(run) == before and not (run / "activations").exists()
+
+
+def test_a_disk_filling_up_during_index_is_one_line_and_leaves_no_half_database(indexed_run, small_disk):
+    run = small_disk / "run"
+    run.mkdir()
+    for part in ("traces", "activations", "sae"):
+        shutil.copytree(Path(indexed_run) / part, run / part)
+    _fill(small_disk, leave=48 * 1024)  # the database takes ~210 KB
+    before = tree_digest(run)
+    result = CliRunner().invoke(app, ["index", str(run)])
+    lines = _error_lines(result.output)
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "disk is full" in lines[0] and "run the same command again" in lines[0]
+    assert tree_digest(run) == before
+    assert not [p for p in run.rglob(".tmp-*")] and not (run / "features.db").exists()

@@ -8,6 +8,7 @@ shard computes.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,6 +29,7 @@ from thinklens.activations.store import (
     ActivationManifest,
     ActivationStore,
     ShardInfo,
+    storage_itemsize,
     to_storage,
 )
 from thinklens.data.segments import PROMPT, Segments, token_char_spans
@@ -139,6 +141,8 @@ def harvest(
     loaded = loaded or load_model(model_config)
     layers = sorted({resolve_layer(loaded.model, layer) for layer in config.layers})
     chat_format = traces.read(["format"]).column(0)[0].as_py()  # the format collect resolved, not 'auto'
+    _check_space(store.directory, sum(shard.rows for shard in todo), d_model(loaded.model), len(layers),
+                 config.dtype if config.dtype != "auto" else str(loaded.model.dtype).removeprefix("torch."))
     manifest = _manifest(store, identity, loaded, config, chat_format, done)
     special_ids = set(loaded.tokenizer.all_special_ids)
     written = 0
@@ -168,6 +172,28 @@ def _model_config(config: HarvestConfig, traces: TraceStore) -> ModelConfig:
     if config.model is not None:
         return config.model.model_copy(update=placement)
     return traces.model_config(**placement)
+
+
+INDEX_BYTES_PER_TOKEN = 64  # the token index's Parquet row, generously
+
+
+def _check_space(directory: Path, tokens: int, width: int, layers: int, dtype: str) -> None:
+    """Refuse to start a harvest the disk cannot hold, saying how much it needs."""
+    needed = tokens * (width * layers * storage_itemsize(dtype) + INDEX_BYTES_PER_TOKEN)
+    existing = directory
+    while not existing.exists():
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise ThinklensError(f"harvest needs ~{_size(needed)} at {directory} and {_size(free)} is free: free space, "
+                             "harvest fewer layers, or store --dtype bfloat16")
+
+
+def _size(n: float) -> str:
+    unit = 0
+    while n >= 1024 and unit < 4:
+        n, unit = n / 1024, unit + 1
+    return f"{n:.1f} {('B', 'KB', 'MB', 'GB', 'TB')[unit]}"
 
 
 def _claim(store: ActivationStore, identity: dict[str, Any], plan: list[ShardInfo]) -> list[ShardInfo]:

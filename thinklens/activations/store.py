@@ -52,6 +52,11 @@ INDEX_SCHEMA = pa.schema(
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
 
 
+def storage_itemsize(dtype: str) -> int:
+    """Bytes per stored value of a storage dtype ('float32', 'float16', 'bfloat16')."""
+    return np.dtype(_NUMPY_DTYPES[dtype]).itemsize
+
+
 def layer_dir_name(layer: int) -> str:
     return f"layers.{layer}.resid_post"
 
@@ -198,7 +203,7 @@ class ActivationStore:
         """The completed shards, in order, up to the first whose files are missing or short (a file deleted or
         truncated by hand): harvest redoes that one and those after it."""
         manifest = self.manifest()
-        itemsize = np.dtype(_NUMPY_DTYPES[manifest.dtype]).itemsize
+        itemsize = storage_itemsize(manifest.dtype)
         intact = []
         for shard in manifest.shards:
             expected = shard.rows * manifest.d_model * itemsize
@@ -241,7 +246,7 @@ class ActivationStore:
         if layer not in self.layers:
             raise ThinklensError(f"layer {layer} was not harvested into {self.directory}: it holds layers {self.layers}")
         path = self.shard_path(layer, shard.shard)
-        if not path.is_file() or path.stat().st_size != shard.rows * self.d_model * np.dtype(_NUMPY_DTYPES[self.dtype]).itemsize:
+        if not path.is_file() or path.stat().st_size != shard.rows * self.d_model * storage_itemsize(self.dtype):
             raise ThinklensError(f"{path} is missing or truncated: run `thinklens harvest {self.directory.parent}` to "
                                  "harvest that shard again")
         return np.memmap(

@@ -8,8 +8,9 @@ from pathlib import Path
 import torch
 
 from thinklens.activations.capture import run_to_layers
+from thinklens.errors import ThinklensError
 from thinklens.models.layers import n_layers
-from thinklens.models.loader import LoadedModel
+from thinklens.models.loader import LoadedModel, check_fits
 from thinklens.sae.formats import check_width
 from thinklens.sae.layer import resolve_sae_layer
 from thinklens.sae.sae import Sae
@@ -32,7 +33,10 @@ def explain_text(loaded: LoadedModel, sae: Sae, text: str, top: int = 5, massive
     """
     layer = resolve_sae_layer(sae.config.layer, range(n_layers(loaded.model)), layer,
                               holder=f"the model {loaded.spec.name}", harvestable=False)
+    if not text.strip():
+        raise ThinklensError("the text to explain is empty: give some text")
     encoded = loaded.tokenizer(text, return_tensors="pt").to(loaded.device)
+    check_fits(loaded, encoded["input_ids"].shape[1], "the text", "explain a shorter text (split it)")
     hidden = run_to_layers(loaded.model, encoded["input_ids"], encoded["attention_mask"], [layer])[layer][0]
     check_width(sae, hidden.shape[-1], f"layer {layer} of {loaded.spec.name}")
     hidden = hidden.float().to(sae.device)

@@ -289,3 +289,18 @@ def _directory_fingerprint(directory: Path) -> str:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def context_length(model: Any) -> int | None:
+    """The most positions the model reads (its config's `max_position_embeddings`), or None if it says none."""
+    config = getattr(model, "config", None)
+    text_config = getattr(config, "get_text_config", lambda: config)()
+    value = getattr(text_config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def check_fits(loaded: LoadedModel, tokens: int, what: str, fix: str) -> None:
+    """Refuse `tokens` positions beyond the model's context, naming `what` and the `fix`."""
+    limit = context_length(loaded.model)
+    if limit is not None and tokens > limit:
+        raise ThinklensError(f"{what} is {tokens:,} tokens and {loaded.spec.name} reads at most {limit:,}: {fix}")

@@ -22,7 +22,7 @@ from thinklens.features.db import FeatureDB
 from thinklens.models.formats import ReasoningFormat, detect_format, make_format, render_prompt
 from thinklens.models.generate import Sampling, generate
 from thinklens.models.layers import n_layers
-from thinklens.models.loader import LoadedModel
+from thinklens.models.loader import LoadedModel, check_fits
 from thinklens.sae.layer import resolve_sae_layer
 from thinklens.sae.sae import Sae
 from thinklens.steering.engine import FeatureEdit, SteeringHook, SteeringSpec, steering
@@ -124,6 +124,8 @@ class Variant:
         encoded = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(self.loaded.device)
         prompt_ids = [row[mask.bool()].tolist() for row, mask in zip(encoded["input_ids"], encoded["attention_mask"],
                                                                       strict=True)]
+        check_fits(self.loaded, max(len(ids) for ids in prompt_ids) + max_new_tokens, "the prompt with its new tokens",
+                   "shorten the prompt or lower --max-new-tokens")
         hook = None
         if self.spec is not None:
             if self.layer is None and self.sae is None:
