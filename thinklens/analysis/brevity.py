@@ -26,45 +26,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
-from thinklens.analysis.grid import answer_of, coherence, run_grid, thinking_start
-from thinklens.analysis.swap import mark_broken
+from thinklens.analysis.grid import GridConfig, answer_of, coherence, mark_broken, run_grid, thinking_start
 from thinklens.data.answers import answers_match
 from thinklens.data.records import PromptRecord
 from thinklens.features.db import open_read_only
 from thinklens.files import atomic_path
 from thinklens.models.generate import Sampling
 from thinklens.stats import Rate, rate
-from thinklens.steering.regimes import RegimeThresholds
-from thinklens.steering.sweep import strengths_from_text
 from thinklens.steering.variant import Variant
 
 
-class BrevityConfig(BaseModel):
+class BrevityConfig(GridConfig):
     """Settings of the thinking-length experiment."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    strengths: tuple[float, ...] = Field(
-        default=(0.0, 1.0, 2.0, 4.0, 8.0), description="Strengths, in units of the feature's typical maximum (0: none).")
-    policies: tuple[str, ...] = Field(default=("first_token", "after_prefix"), description="Position policies compared.")
     prompts: int = Field(default=32, ge=2, description="Prompts steered at each point (held out from the run's own).")
     max_new_tokens: int = Field(default=256, ge=8, description="Generated tokens per sample (thinking is censored here).")
-    temperature: float = Field(default=0.6, gt=0, description="Sampling temperature.")
-    seed: int = Field(default=0, description="Base seed (the same at every strength).")
     bootstrap: int = Field(default=1000, ge=100, description="Bootstrap resamples of the prompts.")
-    thresholds: RegimeThresholds = Field(default_factory=RegimeThresholds, description="When a point is broken.")
     end_token: str | None = Field(
         default=None, description="Text of the closing tag's first token (default: read from the run's traces).")
     steer_with: Literal["feature", "direction"] = Field(
         default="feature", description="Steer with the end-of-thinking SAE feature, or along the contrast's "
         "difference-of-means direction (strengths then multiply that direction, in model units).")
-
-    @field_validator("strengths", mode="before")
-    @classmethod
-    def _strengths_text(cls, value: Any) -> Any:
-        return strengths_from_text(value)
 
 
 @dataclass

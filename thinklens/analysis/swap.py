@@ -23,42 +23,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field
 
-from thinklens.analysis.grid import answer_of, coherence, run_grid, thinking_start
+from thinklens.analysis.grid import GridConfig, answer_of, coherence, mark_broken, run_grid, thinking_start
 from thinklens.data.answers import answers_match
 from thinklens.data.records import PromptRecord
 from thinklens.files import atomic_path
 from thinklens.models.generate import Sampling
 from thinklens.stats import Rate, rate
-from thinklens.steering.regimes import RegimeThresholds
-from thinklens.steering.sweep import strengths_from_text
 from thinklens.steering.variant import SteeredOutput, Variant
 
 SWAPPED = {"/": "*", "*": "/"}
 
 
-class SwapConfig(BaseModel):
+class SwapConfig(GridConfig):
     """Settings of the operator-swap experiment."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    strengths: tuple[float, ...] = Field(
-        default=(0.0, 1.0, 2.0, 4.0, 8.0), description="Strengths, in units of the feature's typical maximum (0: none).")
-    policies: tuple[str, ...] = Field(default=("first_token", "after_prefix"), description="Position policies compared.")
     prompts: int = Field(default=16, ge=1, description="Single-operation word problems per operator (÷ and ×).")
     max_new_tokens: int = Field(default=160, ge=8, description="Generated tokens per sample.")
-    temperature: float = Field(default=0.6, gt=0, description="Sampling temperature.")
-    seed: int = Field(default=0, description="Base seed (the same at every strength).")
-    thresholds: RegimeThresholds = Field(default_factory=RegimeThresholds, description="When a point is broken.")
     steer_with: Literal["feature", "direction"] = Field(
         default="feature", description="Steer with the other operator's SAE feature, or along the contrast's "
         "difference-of-means direction (strengths then multiply that direction, in model units).")
-
-    @field_validator("strengths", mode="before")
-    @classmethod
-    def _strengths_text(cls, value: Any) -> Any:
-        return strengths_from_text(value)
 
 
 @dataclass
@@ -178,17 +163,6 @@ def _point(policy: str, strength: float, rows: list[dict[str, Any]]) -> SwapPoin
                      rate(sum(row["correct"] for row in rows), len(rows)),
                      statistics.fmean(finite) if finite else math.nan, statistics.fmean(row["distinct2"] for row in rows),
                      operation_swapped=rate(sum(row["operation_swapped"] for row in rows), len(rows)))
-
-
-def mark_broken(points: list[SwapPoint], thresholds: RegimeThresholds) -> list[SwapPoint]:
-    """Mark the points whose coherence collapsed against the baseline (the sweep's regime rule)."""
-    baseline = next((p for p in points if p.strength == 0.0), None)
-    for point in points:
-        if baseline is None or point.strength == 0.0:
-            continue
-        point.broken = (point.perplexity > thresholds.broken_ppl_ratio * baseline.perplexity
-                        or point.distinct2 < thresholds.broken_distinct2_ratio * baseline.distinct2)
-    return points
 
 
 def plot_swap(points: list[SwapPoint], path: Path) -> Path:

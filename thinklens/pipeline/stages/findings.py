@@ -117,6 +117,17 @@ def _answer_lengths(rundir: RunDir) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def _kept(rundir: RunDir, name: str, settings_of: Any,
+          chosen: dict[str, Any]) -> tuple[Path, dict[str, Any], dict[str, Any], dict[str, Any] | None]:
+    """An experiment's result file, its inputs (the SAE, the traces, the `chosen` features) and settings,
+    and its result when those are unchanged since it was written (else None)."""
+    path = rundir.analysis_json(name)
+    inputs = {"sae_sha256": hashlib.sha256(rundir.sae_weights.read_bytes()).hexdigest(),
+              "traces": rundir.trace_store.meta()["identity"], **chosen}
+    settings = settings_of.model_dump(mode="json")
+    return path, inputs, settings, fresh_result(path, inputs, settings, [rundir.analysis_png(name)])
+
+
 def _operator_swap(rundir: RunDir, config: FindingsConfig, contrast: dict[str, Any] | None,
                    progress: bool) -> dict[str, Any] | None:
     """The operator-swap sweep with the contrast's held-out ÷ and × features (kept when nothing changed);
@@ -124,11 +135,7 @@ def _operator_swap(rundir: RunDir, config: FindingsConfig, contrast: dict[str, A
     if config.skip_steering or contrast is None or not all(contrast["held_out"].get(side) for side in ("a", "b")):
         return None
     features = {"/": contrast["held_out"]["a"]["feature_id"], "*": contrast["held_out"]["b"]["feature_id"]}
-    path = rundir.analysis_json("swap")
-    inputs = {"sae_sha256": hashlib.sha256(rundir.sae_weights.read_bytes()).hexdigest(),
-              "traces": rundir.trace_store.meta()["identity"], "features": features}
-    settings = config.swap.model_dump(mode="json")
-    existing = fresh_result(path, inputs, settings, [rundir.analysis_png("swap")])
+    path, inputs, settings, existing = _kept(rundir, "swap", config.swap, {"features": features})
     if existing is not None:
         return existing
     from thinklens.features.contrast import load_direction
@@ -159,11 +166,7 @@ def _brevity(rundir: RunDir, config: FindingsConfig, contrast: dict[str, Any] | 
     if config.skip_steering or contrast is None or not contrast["held_out"].get("a"):
         return None
     feature = contrast["held_out"]["a"]["feature_id"]
-    path = rundir.analysis_json("brevity")
-    inputs = {"sae_sha256": hashlib.sha256(rundir.sae_weights.read_bytes()).hexdigest(),
-              "traces": rundir.trace_store.meta()["identity"], "feature": feature}
-    settings = config.brevity.model_dump(mode="json")
-    existing = fresh_result(path, inputs, settings, [rundir.analysis_png("brevity")])
+    path, inputs, settings, existing = _kept(rundir, "brevity", config.brevity, {"feature": feature})
     if existing is not None:
         return existing
     from thinklens.features.contrast import load_direction
