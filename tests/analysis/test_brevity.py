@@ -5,6 +5,7 @@ choose between the two steering experiments."""
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 from pathlib import Path
 
@@ -87,6 +88,10 @@ def test_the_thinking_length_verdicts_on_worked_sweeps():
     longer = {f.claim: f for f in brevity_findings(_sweep([(4, 5, False)], [(4, 20, False)]), RUN)}
     assert longer[6].verdict == "not reproduced" and longer[7].verdict == "inconclusive"
     assert "nothing to revert from" in longer[7].reason and longer[6].details["moved"] is False
+    # Nothing moves, but stronger unbroken points exist: the fall is measured, with its interval, not judged.
+    flat = {f.claim: f for f in brevity_findings(_sweep([(2, 0, False)], [(2, 0, False), (4, 1, False)]), RUN)}
+    assert flat[7].verdict == "inconclusive" and math.isfinite(flat[7].value) and flat[7].low <= flat[7].high
+    assert "measured but not judged" in flat[7].reason
     # Everything after the prefix breaks: nothing is measurable.
     broken = brevity_findings(_sweep([(4, 0, False)], [(4, -30, True)]), RUN)
     assert [f.verdict for f in broken] == ["inconclusive"] * 3 and "broke" in broken[0].reason

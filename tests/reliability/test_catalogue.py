@@ -255,7 +255,10 @@ def small_disk(tmp_path):
     if made.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here ({made.stderr.strip() or made.returncode})")
     yield mount
-    subprocess.run(["umount", str(mount)], check=False)
+    unmounted = subprocess.run(["umount", str(mount)], capture_output=True)
+    if unmounted.returncode != 0:  # a file left open under it: detach it anyway, then say so
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+        pytest.fail(f"the tmpfs stayed busy after the test (a file left open): {unmounted.stderr!r}")
 
 
 def _fill(disk: Path, leave: int) -> None:

@@ -11,8 +11,9 @@ and the thinking length (`thinklens.analysis.brevity`). A point counts only unbr
    (swap: Newcombe's interval of the share difference; thinking: paired bootstrap of the difference
    of relative changes, signed so that > 0 favours after_prefix); bar 0.
 7. "Oversteering: it reverts before it breaks": the fall of the effect from its after_prefix peak to
-   the weakest unbroken stronger point; bar 0. Not measurable when no strength moved the behaviour
-   clear of the baseline, or when nothing unbroken lies beyond the peak.
+   the weakest unbroken stronger point; bar 0. Inconclusive when no strength moved the behaviour
+   clear of the baseline (the fall is still measured, with its interval) or when nothing unbroken
+   lies beyond the peak.
 
 Claims 4 and 7 presuppose that steering after the prefix works, so each is judged on the first
 experiment, in the order (swap, thinking), whose after_prefix peak lies clear of no steering (its
@@ -40,6 +41,8 @@ CLAIMS = {
         "higher strengths, it breaks."),
 }
 BARS = {4: 0.0, 5: 0.5, 6: 0.0, 7: 0.0}
+NOTHING_MOVED = "no after_prefix strength {what}, so there is nothing to revert from"
+MEASURED_ANYWAY = ": the fall is measured but not judged"
 
 
 def _unmeasured(claim: int, metric: str, command: str, reason: str, details: dict[str, Any],
@@ -94,21 +97,21 @@ def swap_findings(swap: dict[str, Any] | None, run: Path) -> list[Finding]:
         claim_finding(4, *CLAIMS[4], metrics[4], *rate_difference(share, _share(other)), BARS[4], command,
                  {**details, "after_prefix_strength": after["strength"], "first_token_strength": other["strength"]}),
     ]
-    if not moved:
-        findings.append(_unmeasured(7, metrics[7], command, "no after_prefix strength moved the swapped share clear of "
-                                    "the baseline's, so there is nothing to revert from", details))
-        return findings
     coherent = [p for p in points if p["policy"] == "after_prefix" and p["strength"] > after["strength"]
                 and not p["broken"]]
+    unmoved = NOTHING_MOVED.format(what="moved the swapped share clear of the baseline's")
     if not coherent:
-        findings.append(_unmeasured(7, metrics[7], command, "past its peak the after_prefix sweep has no unbroken "
-                                    "strength (it breaks at once): a finer grid would decide", details))
+        findings.append(_unmeasured(7, metrics[7], command, unmoved if not moved else "past its peak the after_prefix "
+                                    "sweep has no unbroken strength (it breaks at once): a finer grid would decide",
+                                    details))
         return findings
     reverted = min(coherent, key=lambda p: _share(p).share)
+    # Measured even when nothing moved (the number and its interval are still informative), but then not judged.
     findings.append(claim_finding(7, *CLAIMS[7], metrics[7], *rate_difference(share, _share(reverted)), BARS[7], command,
                              {**details, "peak_strength": after["strength"], "reverted_strength": reverted["strength"],
                               "breaks_later": any(p["broken"] for p in points if p["policy"] == "after_prefix"
-                                                  and p["strength"] > reverted["strength"])}))
+                                                  and p["strength"] > reverted["strength"])},
+                             forced=None if moved else unmoved + MEASURED_ANYWAY))
     return findings
 
 
@@ -183,18 +186,18 @@ def brevity_findings(brevity: dict[str, Any] | None, run: Path, draws: int = 100
                                                 "first_token_strength": other["strength"]}))
     coherent = [p for p in points if p["policy"] == "after_prefix" and p["strength"] > after["strength"]
                 and not p["broken"]]
-    if not moved:
-        findings.append(_unmeasured(7, metrics[7], command, "no after_prefix strength shortened the thinking clear of "
-                                    "no steering, so there is nothing to revert from", details))
-    elif not coherent:
-        findings.append(_unmeasured(7, metrics[7], command, "past its shortest point the after_prefix sweep has no "
-                                    "unbroken strength (it breaks at once): a finer grid would decide", details))
+    unmoved = NOTHING_MOVED.format(what="shortened the thinking clear of no steering")
+    if not coherent:
+        findings.append(_unmeasured(7, metrics[7], command, unmoved if not moved else "past its shortest point the "
+                                    "after_prefix sweep has no unbroken strength (it breaks at once): a finer grid "
+                                    "would decide", details))
     else:
         reverted = max(coherent, key=lambda p: _mean(p))
         rise = change[id(reverted)][0] - change[id(after)][0], change[id(reverted)][1] - change[id(after)][1]
         findings.append(claim_finding(7, *CLAIMS[7], metrics[7], *_interval(*rise), BARS[7], command,
                                  {**details, "peak_strength": after["strength"],
-                                  "reverted_strength": reverted["strength"]}))
+                                  "reverted_strength": reverted["strength"]},
+                                 forced=None if moved else unmoved + MEASURED_ANYWAY))
     return findings
 
 

@@ -15,6 +15,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,8 +134,7 @@ def build_index(
     tokenizer = loaded.tokenizer
     stats = _FeatureStats(sae.config.d_sae, config)
     indexed = 0
-    with atomic_path(Path(db_path)) as temp:
-        connection = sqlite3.connect(temp)
+    with atomic_path(Path(db_path)) as temp, closing(sqlite3.connect(temp)) as connection:  # closed on any error
         connection.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;")  # a temp file until renamed
         migrate(connection)
         vocabulary: set[int] = set()
@@ -162,7 +162,6 @@ def build_index(
         connection.commit()
         connection.execute("ANALYZE")
         connection.execute("VACUUM")  # packs the pages the B-trees left part-empty: ~10 % smaller
-        connection.close()
     size = Path(db_path).stat().st_size
     return IndexResult(Path(db_path), store.token_count, indexed, time.perf_counter() - started, size)
 
