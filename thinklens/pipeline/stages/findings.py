@@ -25,6 +25,9 @@ from thinklens.pipeline.rundir import RunDir
 from thinklens.pipeline.stage import Stage, StageResult, Table
 
 OPERATOR_CONTRAST = "operator-divide-vs-multiply"
+# Bumped when what a finding says from the same inputs changes (2: claims 6 and 8 measured, 4 and 7 on both
+# experiments, 7 measured even when nothing moved), so an older findings.json is not kept as up to date.
+RESULT_VERSION = 2
 
 
 def run(config: FindingsConfig, rundir: RunDir, progress: bool = True) -> StageResult:
@@ -38,6 +41,7 @@ def run(config: FindingsConfig, rundir: RunDir, progress: bool = True) -> StageR
         rundir.require(artifact, stage)
     inputs = {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in analyses.items()}
     inputs["sae_sha256"] = hashlib.sha256(rundir.sae_weights.read_bytes()).hexdigest()
+    inputs["result_version"] = RESULT_VERSION
     existing = fresh_result(rundir.findings_json, inputs, result_settings(config), [rundir.findings_png])
     if existing is not None:
         return StageResult.nothing_to_do(f"{rundir.findings_json} is up to date")
