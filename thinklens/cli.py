@@ -230,13 +230,15 @@ def features_explain_text(
     context: typer.Context,
     text: Annotated[str, typer.Argument(help="Text to run through the model and the SAE.")],
     top: Annotated[int | None, typer.Option(help="Features listed per token.")] = None,
+    allow_other_model: Annotated[bool, typer.Option(help="Use an SAE trained on another model (a transfer).")] = False,
 ) -> None:
     """Run the model and the SAE on TEXT and list the features firing on each token."""
     from thinklens.features.db import FeatureDB
     from thinklens.features.explain import explain_run_text
 
     rundir = context.obj
-    tokens = explain_run_text(rundir.traces, rundir.sae, rundir.features_db, text, **given(top=top))
+    tokens = explain_run_text(rundir.traces, rundir.sae, rundir.features_db, text, allow_other_model=allow_other_model,
+                              **given(top=top))
     labels = FeatureDB(rundir.features_db).labels(sorted({f for token in tokens for f, _ in token.features}))
     for token in tokens:
         described = ", ".join(f"{f} {value:.2f} {labels.get(f, '')}" for f, value in token.features)

@@ -60,7 +60,8 @@ def remove_stale_temps_under(root: Path) -> int:
 
 # ------------------------------------------------------------------------------------ envelopes
 ENVELOPE_FORMAT_VERSION = 1
-PLACEMENT_FIELDS = frozenset({"device"})  # where a result is computed, not what it is: never compared
+# Where a result is computed, or what it was allowed to use, not what it is: never compared.
+PLACEMENT_FIELDS = frozenset({"device", "allow_other_model"})
 
 
 def result_settings(config: Any) -> dict[str, Any]:

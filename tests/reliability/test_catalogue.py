@@ -88,6 +88,12 @@ CATALOGUE = [
          prepare="cfg.json lacks d_in"),
     Case("neighbours from a SAELens cfg.json without d_in", ("features", "{run}", "neighbors", "0"), r"lacks 'd_in'",
          prepare="a SAELens cfg.json lacks d_in"),
+    Case("index with an SAE trained on another model", ("index", "{run}"), r"trained on .* --allow-other-model",
+         prepare="the SAE comes from another model"),
+    Case("eval with an SAE trained on another model", ("eval", "{run}"), r"trained on .* --allow-other-model",
+         prepare="the SAE comes from another model"),
+    Case("explain-text with an SAE trained on another model", ("features", "{run}", "explain-text", "two plus two"),
+         r"trained on .* --allow-other-model", prepare="the SAE comes from another model"),
     Case("contrast over a deleted activation shard", ("contrast", "{run}", "--a", "operator=*", "--b", "operator!=*"),
          r"missing or truncated: run `thinklens harvest", prepare="an activation shard is deleted"),
 ]
@@ -119,6 +125,10 @@ def _prepare(run: Path, fault: str | None) -> None:
         data = json.loads(cfg.read_text())
         data.pop("thinklens")
         data.pop("d_in", None)
+        cfg.write_text(json.dumps(data))
+    elif fault == "the SAE comes from another model":
+        data = json.loads(cfg.read_text())
+        data["thinklens"].update(model="another/model", model_fingerprint="0123456789abcdef")
         cfg.write_text(json.dumps(data))
     elif fault == "an activation shard is deleted":
         sorted((run / "activations").glob("layers.*/shard-*.bin"))[-1].unlink()
@@ -293,3 +303,11 @@ def test_a_disk_filling_up_during_index_is_one_line_and_leaves_no_half_database(
     assert "disk is full" in lines[0] and "run the same command again" in lines[0]
     assert tree_digest(run) == before
     assert not [p for p in run.rglob(".tmp-*")] and not (run / "features.db").exists()
+
+
+def test_an_sae_of_another_model_is_used_when_asked(indexed_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(indexed_run, run)
+    _prepare(run, "the SAE comes from another model")
+    result = CliRunner().invoke(app, ["features", str(run), "explain-text", "two plus two", "--allow-other-model"])
+    assert result.exit_code == 0, result.output

@@ -34,7 +34,7 @@ from thinklens.features.topk import TopPerFeature
 from thinklens.files import atomic_path, result_settings, without_placement
 from thinklens.models.loader import load_model, resolve_device
 from thinklens.progress import progress_bar
-from thinklens.sae.formats import WEIGHTS_FILE, check_width, load_sae
+from thinklens.sae.formats import WEIGHTS_FILE, check_same_model, check_width, load_sae
 from thinklens.sae.layer import resolve_sae_layer
 from thinklens.sae.sae import Sae
 
@@ -62,6 +62,8 @@ class IndexConfig(BaseModel):
         default="auto", description="Where the SAE (and the model, for the logit lens) run: 'auto' (cuda when "
         "available, else cpu), 'cpu', 'cuda:1', ..."
     )
+    allow_other_model: bool = Field(
+        default=False, description="Use an SAE trained on another model than the run's (a deliberate transfer).")
 
 
 
@@ -126,6 +128,8 @@ def build_index(
     store = ActivationStore(activations_dir)
     manifest = store.manifest()
     check_width(sae, manifest.d_model, f"the activations in {activations_dir}")
+    check_same_model(sae, manifest.model, manifest.model_fingerprint, f"the activations in {activations_dir}",
+                     config.allow_other_model)
     layer = resolve_sae_layer(sae.config.layer, manifest.layers, config.layer, sae=f"the SAE in {sae_dir}",
                               holder=f"the activations in {activations_dir}")
     # The model gives its tokenizer and unembedding (the logit lens): float32 on CPU, its own dtype on a GPU.

@@ -11,7 +11,7 @@ from thinklens.activations.capture import run_to_layers
 from thinklens.errors import ThinklensError
 from thinklens.models.layers import n_layers
 from thinklens.models.loader import LoadedModel, check_fits
-from thinklens.sae.formats import check_width
+from thinklens.sae.formats import check_same_model, check_width
 from thinklens.sae.layer import resolve_sae_layer
 from thinklens.sae.sae import Sae
 
@@ -51,8 +51,10 @@ def explain_text(loaded: LoadedModel, sae: Sae, text: str, top: int = 5, massive
     return result
 
 
-def explain_run_text(traces_dir: Path, sae_dir: Path, db_path: Path, text: str, top: int = 5) -> list[TokenFeatures]:
-    """`explain_text` with a run's own model (the traces' model, else the SAE's) and its SAE.
+def explain_run_text(traces_dir: Path, sae_dir: Path, db_path: Path, text: str, top: int = 5,
+                     allow_other_model: bool = False) -> list[TokenFeatures]:
+    """`explain_text` with a run's own model (the traces' model, else the SAE's) and its SAE, which must
+    have been trained on that model unless `allow_other_model`.
 
     An SAE that names no layer is read at the layer its feature database was indexed on.
     """
@@ -68,4 +70,6 @@ def explain_run_text(traces_dir: Path, sae_dir: Path, db_path: Path, text: str, 
     if sae.config.layer is None and Path(db_path).is_file():
         with FeatureDB(db_path) as db:
             indexed_layer = db.meta().get("layer")
-    return explain_text(load_model(model), sae, text, top=top, layer=indexed_layer)
+    loaded = load_model(model)
+    check_same_model(sae, loaded.config.model, loaded.fingerprint, "the run's model", allow_other_model)
+    return explain_text(loaded, sae, text, top=top, layer=indexed_layer)

@@ -35,7 +35,7 @@ from thinklens.activations.store import ActivationStore
 from thinklens.data.segments import SEGMENT_NAMES
 from thinklens.errors import ThinklensError
 from thinklens.models.loader import LoadedModel, load_model, resolve_device
-from thinklens.sae.formats import check_width, load_sae, sae_metadata
+from thinklens.sae.formats import check_same_model, check_width, load_sae, sae_metadata
 from thinklens.sae.layer import resolve_sae_layer
 from thinklens.sae.probing import ProbeResult, ProbeTask, pooled_activations, probe_tasks, sparse_probe
 from thinklens.sae.sae import Sae, SaeOutput
@@ -57,6 +57,8 @@ class EvalConfig(BaseModel):
         default="auto",
         description="Where the SAE and the model run: 'auto' (cuda when available, else cpu), 'cpu', 'cuda:1', ...",
     )
+    allow_other_model: bool = Field(
+        default=False, description="Use an SAE trained on another model than the run's (a deliberate transfer).")
     probe_ks: tuple[int, ...] = Field(default=(1, 2, 5), description="Feature counts of the sparse probes.")
     probe_traces: int = Field(
         default=2000, ge=0, description="Traces pooled for sparse probing (0: skip); memory ∝ traces × d_sae.")
@@ -219,6 +221,8 @@ def evaluate(
     sae = load_sae(sae_dir).to(device)
     store = ActivationStore(activations_dir)
     check_width(sae, store.d_model, f"the activations in {activations_dir}")
+    check_same_model(sae, store.manifest().model, store.manifest().model_fingerprint,
+                     f"the activations in {activations_dir}", config.allow_other_model)
     layer = resolve_sae_layer(sae.config.layer, store.layers, config.layer, sae=f"the SAE in {sae_dir}",
                               holder=f"the activations in {activations_dir}")
     metadata = sae_metadata(sae_dir)

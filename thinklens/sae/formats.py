@@ -224,3 +224,14 @@ def check_width(sae: Sae, d_model: int, what: str) -> None:
             f"the SAE reads vectors of width {sae.config.d_in} but {what} has width {d_model}: "
             "use an SAE trained on this model and layer"
         )
+
+
+def check_same_model(sae: Sae, model: str | None, fingerprint: str | None, what: str, allowed: bool = False) -> None:
+    """Refuse an SAE trained on another model than the one `what` comes from (both fingerprints known and
+    different), unless the transfer is `allowed`."""
+    theirs = sae.config.model_fingerprint
+    if allowed or not theirs or not fingerprint or theirs == fingerprint:
+        return
+    raise ThinklensError(f"the SAE was trained on {sae.config.model} ({theirs[:12]}) but {what} come from {model} "
+                         f"({fingerprint[:12]}): train an SAE on this run (`thinklens train RUN`), or pass "
+                         "--allow-other-model to use it on purpose")

@@ -75,5 +75,5 @@ STAGE = Stage(
     help="Held-out FVU, L0, dead and dense fractions (overall and per segment) and the LM loss cost of RUN/sae.",
     reads=("sae", "activations", "traces"),
     writes=("eval_json", "saebench_json:core"),
-    options={name: name for name in ("lm_sequences", "batch_size", "layer", "device")},
+    options={name: name for name in ("lm_sequences", "batch_size", "layer", "allow_other_model", "device")},
 )
