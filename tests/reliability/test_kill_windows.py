@@ -67,6 +67,7 @@ def test_harvest_killed_inside_a_shard_resumes_to_the_same_store(indexed_run, tm
 
     config = HarvestConfig(layers=(1,), shard_tokens=600)
     traces = Path(indexed_run) / "traces"
+    harvest(config, traces, tmp_path / "whole", show_progress=False)
     if window == "between a shard's files and its manifest":
         _die_on_call(monkeypatch, ActivationStore, "write_shard_files", 2)  # files written, manifest not yet
     else:
@@ -75,20 +76,23 @@ def test_harvest_killed_inside_a_shard_resumes_to_the_same_store(indexed_run, tm
         harvest(config, traces, tmp_path / "activations", show_progress=False)
     monkeypatch.undo()
     harvest(config, traces, tmp_path / "activations", show_progress=False)
-    assert tree_digest(tmp_path / "activations") == tree_digest(Path(indexed_run) / "activations")
+    assert tree_digest(tmp_path / "activations") == tree_digest(tmp_path / "whole")
 
 
 def test_index_killed_mid_build_leaves_nothing_and_resumes_to_the_same_database(indexed_run, tmp_path, monkeypatch):
     import thinklens.features.build as building
 
-    run = tmp_path / "run"
-    shutil.copytree(indexed_run, run)
-    (run / "features.db").unlink()
     config = IndexConfig(top=8, quantile_samples=4, batch_size=256)
+    for name in ("whole", "run"):
+        shutil.copytree(indexed_run, tmp_path / name)
+        (tmp_path / name / "features.db").unlink()
+    whole, run = tmp_path / "whole", tmp_path / "run"
+    build_index(config, whole / "sae", whole / "activations", whole / "traces", whole / "features.db",
+                show_progress=False)
     _die_on_call(monkeypatch, building, "_insert_features", 1, after=False)
     with pytest.raises(_Killed):
         build_index(config, run / "sae", run / "activations", run / "traces", run / "features.db", show_progress=False)
     monkeypatch.undo()
     assert not (run / "features.db").exists() and not list(run.glob(".tmp-*"))
     build_index(config, run / "sae", run / "activations", run / "traces", run / "features.db", show_progress=False)
-    assert (run / "features.db").read_bytes() == (Path(indexed_run) / "features.db").read_bytes()
+    assert (run / "features.db").read_bytes() == (whole / "features.db").read_bytes()
