@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,11 +24,15 @@ def _invoke(*args: str):
 
 
 def _linked_run(source: Path, tmp_path: Path, *names: str) -> Path:
-    """A fresh run directory whose `names` link to `source`'s (new outputs land beside them)."""
+    """A fresh run directory whose `names` link to `source`'s (new outputs land beside them); the feature
+    database is copied, not linked, as stages add rows to it (contrasts) and the source is shared."""
     run = tmp_path / "run"
     run.mkdir()
     for name in names:
-        (run / name).symlink_to(source / name)
+        if name == "features.db":
+            shutil.copy2(source / name, run / name)
+        else:
+            (run / name).symlink_to(source / name)
     return run
 
 
