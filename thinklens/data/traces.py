@@ -132,7 +132,7 @@ class TraceStore:
         return table.sort_by("sequence_id") if "sequence_id" in table.column_names else table
 
     def __len__(self) -> int:
-        return sum(_read_part(part, ["sequence_id"]).num_rows for part in self.parts())
+        return sum(_read_part(part, None, rows_only=True) for part in self.parts())
 
 
 def summarize_traces(store: TraceStore) -> dict[str, float]:
@@ -153,10 +153,11 @@ def summarize_traces(store: TraceStore) -> dict[str, float]:
     }
 
 
-def _read_part(part: Path, columns: list[str] | None) -> pa.Table:
-    """One trace part; a corrupt or truncated one is named with the fix (collect regenerates what is missing)."""
+def _read_part(part: Path, columns: list[str] | None, rows_only: bool = False) -> Any:
+    """One trace part (or, `rows_only`, its row count from the footer alone); a corrupt or truncated part
+    is named with the fix (collect regenerates what is missing)."""
     try:
-        return pq.read_table(part, columns=columns)
+        return pq.read_metadata(part).num_rows if rows_only else pq.read_table(part, columns=columns)
     except (pa.ArrowException, OSError) as exc:
         raise ThinklensError(f"{part} is corrupt ({str(exc).splitlines()[0][:100]}): delete it and run `thinklens "
                              f"collect --out {part.parent.parent}` again to regenerate its traces") from None
