@@ -1,4 +1,4 @@
-"""RunDir (layout, run.yaml, confined deletes), the envelope's freshness rule, and the typed SAE card."""
+"""RunDir (layout, run.yaml, confined deletes and writes), the envelope's freshness rule, and the typed SAE card."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import json
 import pytest
 
 from thinklens.errors import ThinklensError
-from thinklens.files import fresh_result, write_envelope
+from thinklens.files import check_inside_run, fresh_result, write_envelope, write_json_atomic
 from thinklens.pipeline import RunDir
+from thinklens.pipeline.lock import run_lock
 from thinklens.sae.formats import read_sae_card, save_sae
 from thinklens.sae.sae import Sae, SaeConfig
 
@@ -65,3 +66,24 @@ def test_sae_card_reads_our_layout_and_saelens_keys(tmp_path):
                                                   "activation_fn_kwargs": {"k": 4}, "hook_layer": None}))
     card = read_sae_card(foreign)
     assert (card.config.arch, card.config.k, card.config.layer, card.format_version) == ("topk", 4, None, 0)
+
+
+def test_writes_under_the_run_lock_never_follow_a_link_out_of_the_run(tmp_path):
+    outside = tmp_path / "other-run"
+    outside.mkdir()
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / "sae").symlink_to(outside, target_is_directory=True)
+    (root / "features.db").symlink_to(outside / "features.db")
+    (outside / "features.db").write_text("theirs")
+    with run_lock(root, "test"):
+        with pytest.raises(ThinklensError, match="leads to .*other-run.*outside the run directory"):
+            write_json_atomic(root / "sae" / "eval.json", {})
+        with pytest.raises(ThinklensError, match="outside the run directory"):
+            check_inside_run(root / "features.db", follow=True)  # a database written in place
+        write_json_atomic(root / "features.db", {})  # replaced atomically: the link goes, theirs stays
+        write_json_atomic(tmp_path / "cache" / "assets.json", {}, confined=False)
+    assert (outside / "features.db").read_text() == "theirs" and not (root / "features.db").is_symlink()
+    assert list(outside.iterdir()) == [outside / "features.db"]
+    write_json_atomic(root / "sae" / "eval.json", {})  # without the lock, a caller's explicit path is its own
+    assert (outside / "eval.json").is_file()

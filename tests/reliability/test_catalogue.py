@@ -311,3 +311,56 @@ def test_an_sae_of_another_model_is_used_when_asked(indexed_run, tmp_path):
     _prepare(run, "the SAE comes from another model")
     result = CliRunner().invoke(app, ["features", str(run), "explain-text", "two plus two", "--allow-other-model"])
     assert result.exit_code == 0, result.output
+
+
+# A link in the run that leads out of it is read through (shared inputs) but never written through. The
+# linked artifact is moved elsewhere (another run's, say), or elsewhere is empty where marked "empty".
+ESCAPES = [
+    ("collect", "empty traces", ("collect", "--model", "{llama}", "--out", "{run}", "--prompts", "arithmetic", "--limit",
+                           "30", "--max-new-tokens", "32", "--batch-size", "12")),
+    ("harvest", "empty activations", ("harvest", "{run}", "--layer", "1", "--shard-tokens", "600")),
+    ("train", "empty sae", ("train", "{run}", "--arch", "topk", "--expansion", "2", "--k", "4", "--min-steps", "5")),
+    ("label", "features.db", ("label", "{run}", "--force")),
+    ("contrast", "features.db", ("contrast", "{run}", "--a", "operator=*", "--b", "operator!=*", "--bootstrap", "20")),
+    ("analyze", "empty analysis", ("analyze", "{run}")),
+    ("sweep", "empty sweeps", ("sweep", "{run}", "--feature", "0", "--strengths", "0,2", "--prompts", "1",
+                         "--max-new-tokens", "4")),
+    ("eval", "sae", ("eval", "{run}")),
+    ("map", "empty analysis", ("map", "{run}")),
+    ("report", "empty analysis", ("report", "{run}")),
+]
+
+
+@pytest.mark.parametrize("link, argv", [(link, argv) for _, link, argv in ESCAPES],
+                         ids=[f"{stage} through a linked {link}" for stage, link, _ in ESCAPES])
+def test_a_stage_never_writes_through_a_link_out_of_the_run(link, argv, indexed_run, tiny_models, tmp_path):
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    shutil.copytree(indexed_run, run)
+    elsewhere.mkdir()
+    empty, _, link = link.rpartition(" ")
+    target = elsewhere / link
+    if empty:
+        shutil.rmtree(run / link, ignore_errors=True)
+        target.mkdir()  # the stage has everything to write
+    else:
+        shutil.move(run / link, target)
+    (run / link).symlink_to(target)
+    before = tree_digest(tmp_path)
+    result = CliRunner().invoke(app, [part.format(run=run, llama=tiny_models["llama"]) for part in argv])
+    lines = _error_lines(result.output)
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert re.search(r"refusing to write .* outside the run directory .*replace the link with a copy", lines[0])
+    assert tree_digest(tmp_path) == before
+    assert (run / link).is_symlink()
+
+
+def test_linked_inputs_are_read_through_and_outputs_land_inside_the_run(indexed_run, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("traces", "activations", "sae"):
+        (run / name).symlink_to(Path(indexed_run) / name)
+    shared = tree_digest(Path(indexed_run))
+    result = CliRunner().invoke(app, ["index", str(run)])
+    assert result.exit_code == 0, result.output
+    assert (run / "features.db").is_file() and not (run / "features.db").is_symlink()
+    assert tree_digest(Path(indexed_run)) == shared

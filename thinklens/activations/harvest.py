@@ -35,6 +35,7 @@ from thinklens.activations.store import (
 from thinklens.data.segments import PROMPT, Segments, token_char_spans
 from thinklens.data.traces import TraceStore
 from thinklens.errors import ThinklensError, refuse_other_identity
+from thinklens.files import ensure_dir
 from thinklens.models.layers import d_model, resolve_layer
 from thinklens.models.loader import LoadedModel, ModelConfig, load_model, resolve_device
 from thinklens.progress import progress_bar
@@ -237,7 +238,7 @@ def _manifest(
         token_count=sum(shard.rows for shard in done),
         complete=False,
     )
-    store.directory.mkdir(parents=True, exist_ok=True)
+    ensure_dir(store.directory)
     store.write_manifest(manifest)
     return manifest
 

@@ -42,7 +42,6 @@ def write_map_html(feature_map_: FeatureMap, path: Path) -> Path:
         )
     html = strip_remote_references(str(figure))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as temp:
         temp.write_text(html, encoding="utf-8")
     return path

@@ -243,9 +243,11 @@ def run_contrast(config: ContrastConfig, traces_dir: Path, activations_dir: Path
                  out_dir: Path, show_progress: bool = True, device: str = "auto") -> ContrastReport:
     """Rank the features separating the selectors' token sets; write the `contrasts` rows into
     features.db and `contrast.json` + `direction.safetensors` into `out_dir`."""
-    from thinklens.files import write_json_atomic
+    from thinklens.files import check_inside_run, write_json_atomic
 
     placed = resolve_device(device)
+    for output in (Path(out_dir), Path(db_path)):  # both proven inside the run before the work
+        check_inside_run(output, follow=True)
     with FeatureDB(db_path) as db:
         vocab = db.vocabulary()
     (a, a_ids), (b, b_ids) = select_sets(config, traces_dir, vocab)
@@ -314,9 +316,9 @@ def select_sets(config: ContrastConfig, traces_dir: Path,
 def _save_direction(direction: torch.Tensor, out_dir: Path, config: ContrastConfig, layer: int) -> Path:
     from safetensors.torch import save_file
 
-    from thinklens.files import atomic_path
+    from thinklens.files import atomic_path, ensure_dir
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir)
     path = out_dir / "direction.safetensors"
     with atomic_path(path) as temp:
         save_file({"direction": direction.contiguous()}, str(temp), metadata={
@@ -545,6 +547,9 @@ def _feature(f: int, scores: dict[str, np.ndarray], means: np.ndarray, labels: d
 
 def write_contrast_rows(db_path: Path, report: ContrastReport, rows: list[tuple], config: ContrastConfig) -> None:
     """Replace the contrast's rows in features.db in one transaction (a failure leaves the old ones)."""
+    from thinklens.files import check_inside_run
+
+    check_inside_run(Path(db_path), follow=True)  # written in place: never through a link out of the run
     connection = sqlite3.connect(db_path)
     try:
         migrate(connection)

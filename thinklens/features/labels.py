@@ -14,6 +14,7 @@ from pathlib import Path
 
 from thinklens.data.segments import SEGMENT_NAMES
 from thinklens.errors import ThinklensError
+from thinklens.files import check_inside_run
 
 HEURISTIC_MODEL = "heuristic"
 HEURISTIC_VERSION = "heuristic-v1"
@@ -38,6 +39,7 @@ def write_heuristic_labels(db_path: Path, force: bool = False) -> tuple[int, boo
         ).fetchone()[0]
         if missing == 0 and not force:
             return 0, True
+        check_inside_run(Path(db_path), follow=True)  # written in place: never through a link out of the run
         llm_labelled = {row[0] for row in connection.execute(
             "SELECT feature_id FROM autointerp WHERE model_name != ?", (HEURISTIC_MODEL,))}
         rows = [row for row in heuristic_labels(connection) if row[0] not in llm_labelled]

@@ -4,7 +4,8 @@ The kernel drops an `flock` when its process dies, however it dies, so a lock le
 never stale: the file stays (emptied when released), the lock does not, and the next writer takes it. The file holds who
 locked it (pid, host, command, since when) so that a second writer's error names the holder. The
 lock is re-entrant within a process (`thinklens run` holds it around the stages it runs). Whoever
-takes it removes the temp files a killed writer left anywhere in the run.
+takes it removes the temp files a killed writer left anywhere in the run. While it is held, writes
+that would leave the run through a symlink are refused (`files.confine_writes`).
 
 Taking it is also where a run directory proves writable: a path that is a file, a read-only
 directory or a missing parent fails here with one line, before any model is loaded.
@@ -24,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from thinklens.errors import ThinklensError
-from thinklens.files import remove_stale_temps_under
+from thinklens.files import confine_writes, remove_stale_temps_under
 
 LOCK_NAME = ".lock"
 _held: dict[Path, int] = {}  # resolved run directory → how many times this process holds it
@@ -57,7 +58,8 @@ def run_lock(root: Path | str, what: str) -> Iterator[None]:
         _held[key] = 1
         remove_stale_temps_under(root)  # no other writer holds the run: every temp file is a killed one's
         try:
-            yield
+            with confine_writes(root):
+                yield
         finally:
             del _held[key]
             os.ftruncate(handle, 0)  # the file stays (unlinking it would race a writer that opened it)

@@ -10,7 +10,8 @@ RUN/
 ```
 
 Stages get a `RunDir` and ask it for paths and typed artifacts; nothing else spells the layout.
-Every path it deletes lies inside RUN (a symlink inside RUN is unlinked, never followed).
+Every path it deletes lies inside RUN (a symlink inside RUN is unlinked, never followed); writes are
+confined the same way while a stage holds the run's lock (`files.confine_writes`).
 """
 
 from __future__ import annotations

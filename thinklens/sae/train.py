@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from thinklens.activations.reader import ActivationReader, ReaderConfig
 from thinklens.activations.store import ActivationManifest, ActivationStore
 from thinklens.errors import ThinklensError, refuse_other_identity
-from thinklens.files import atomic_path, result_settings, without_placement
+from thinklens.files import atomic_path, ensure_dir, result_settings, without_placement
 from thinklens.models.loader import resolve_device
 from thinklens.progress import progress_bar
 from thinklens.sae.formats import CFG_FILE, sae_metadata, save_sae
@@ -461,7 +461,7 @@ class _Logger:
     def __init__(self, directory: Path, config: TrainConfig, resume_step: int) -> None:
         """Resuming from the checkpoint of `resume_step`, the log keeps exactly one line per step up to it:
         lines a killed run wrote past its checkpoint are dropped, as those steps are trained again."""
-        directory.mkdir(parents=True, exist_ok=True)
+        ensure_dir(directory)
         path = directory / LOG_FILE
         kept = []
         if resume_step > 0 and path.is_file():

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from thinklens.data.records import PromptRecord
-from thinklens.files import atomic_path, write_json_atomic
+from thinklens.files import atomic_path, ensure_dir, write_json_atomic
 from thinklens.models.generate import Sampling
 from thinklens.models.loader import resolve_device
 from thinklens.progress import progress_bar
@@ -83,7 +83,7 @@ def run_sweep(config: SweepConfig, variant: Variant, prompts: Sequence[PromptRec
     `variant` is expected on `config.device` (`open_variant(..., device=config.device)`).
     """
     resolve_device(config.device)  # a device this machine lacks fails before anything is written
-    directory.mkdir(parents=True, exist_ok=True)
+    ensure_dir(directory)
     prompts = list(prompts[: config.prompts])
     batch = [record for record in prompts for _ in range(config.samples)]
     sampling = Sampling(temperature=config.temperature, top_p=config.top_p)

@@ -28,7 +28,6 @@ def run(config: EvalConfig, rundir: RunDir, progress: bool = True) -> StageResul
         saebench["sparse_probing"] = sparse_probing_result(report.probes, config.probe_ks, settings, sae_cfg)
     for eval_type, document in saebench.items():
         path = rundir.saebench_json(eval_type)
-        path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as temp:
             temp.write_text(json.dumps(document, indent=2) + "\n")
     write_envelope(rundir.eval_json, inputs, settings, results)  # last: it marks the stage done

@@ -20,7 +20,7 @@ from thinklens.analysis.findings import (
 from thinklens.analysis.steering_findings import brevity_findings, steering_findings, swap_findings
 from thinklens.analysis.swap import plot_swap, run_swap, swap_prompts
 from thinklens.errors import ThinklensError
-from thinklens.files import fresh_result, result_settings, write_envelope
+from thinklens.files import ensure_dir, fresh_result, result_settings, write_envelope
 from thinklens.pipeline.rundir import RunDir
 from thinklens.pipeline.stage import Stage, StageResult, Table
 
@@ -58,7 +58,7 @@ def run(config: FindingsConfig, rundir: RunDir, progress: bool = True) -> StageR
         *steering_findings(swap_findings(swap, rundir.root),
                            brevity_findings(brevity, rundir.root, config.bootstrap, config.seed)),
     ], key=lambda finding: finding.claim))
-    rundir.analysis.mkdir(parents=True, exist_ok=True)
+    ensure_dir(rundir.analysis)
     plot_findings(report, rundir.findings_png)
     write_envelope(rundir.findings_json, inputs, result_settings(config), report.to_json())
     rows = [(str(f.claim), f.title, f"{f.value:.3g}", f"[{f.low:.3g}, {f.high:.3g}]", f"{f.bar:.3g}", f.verdict)
