@@ -9,70 +9,17 @@ traceback instead.
 
 from __future__ import annotations
 
-import errno
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
-import click
 import typer
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from rich.table import Table
 from rich.text import Text
 
 from thinklens import __version__
-from thinklens.cli_output import RunPrinter, console, err_console, print_facts, print_result
-from thinklens.errors import ThinklensError
-
-_state = {"debug": False}
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(command: F) -> F:
-    """Turn user errors into one red line and exit code 2, and any other exception into one line and exit
-    code 1 (a bug), unless --debug."""
-
-    @functools.wraps(command)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except (ThinklensError, ValidationError) as exc:
-            if _state["debug"]:
-                raise
-            err_console.print(f"[red]error:[/red] {_one_line(exc)}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
-        except (typer.Exit, typer.Abort, click.exceptions.ClickException, KeyboardInterrupt):
-            raise
-        except Exception as exc:  # a full disk (exit 2), else a bug: one line, exit 1, the traceback behind --debug
-            if _state["debug"]:
-                raise
-            if _disk_full(exc):
-                where = getattr(exc, "filename", None)
-                err_console.print(f"[red]error:[/red] the disk is full{f' (writing {where})' if where else ''}: free "
-                                  "space and run the same command again; what it finished is kept and it resumes",
-                                  highlight=False, soft_wrap=True)
-                raise typer.Exit(2) from None
-            err_console.print(f"[red]internal error:[/red] {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-                              " (a bug in thinklens: re-run with --debug for the traceback and report it)",
-                              highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _disk_full(exc: Exception) -> bool:
-    """ENOSPC, or SQLite's own words for it."""
-    return getattr(exc, "errno", None) == errno.ENOSPC or "disk is full" in str(exc)
-
-
-def _one_line(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        problem = exc.errors()[0]
-        where = ".".join(str(part) for part in problem["loc"])
-        return f"invalid setting {where}: {problem['msg']}"
-    return str(exc)
+from thinklens.cli_errors import OneLineUsageErrors, debug_state, user_errors
+from thinklens.cli_output import RunPrinter, console, print_facts, print_result
 
 
 def describe(model: type[BaseModel], field: str) -> str:
@@ -93,6 +40,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=OneLineUsageErrors,
 )
 
 
@@ -110,7 +58,7 @@ def main_options(
     ] = False,
 ) -> None:
     """Open up reasoning language models with sparse autoencoders."""
-    _state["debug"] = debug
+    debug_state["debug"] = debug
 
 
 # The stage modules import only light dependencies at module level and pull in torch/transformers
@@ -156,7 +104,7 @@ app.add_typer(features_app, name="features")
 @features_app.callback()
 def features_run(
     context: typer.Context,
-    run: Annotated[Path, typer.Argument(help="Run directory holding features.db (and sae/ for neighbors, explain-text).")],
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="Run directory holding features.db (and sae/ for neighbors, explain-text).")],
 ) -> None:
     """Query RUN/features.db: `thinklens features RUN show F`."""
     context.obj = RunDir(run)

@@ -18,3 +18,10 @@ def refuse_other_identity(directory: object, theirs: dict, asked: dict, what: st
     if differing:
         key = differing[0]
         raise ThinklensError(f"{directory} holds {what} ({key}: {theirs.get(key)!r}, asked {asked.get(key)!r}): {fix}")
+
+
+def yaml_problem(exc: Exception) -> str:
+    """A YAML parse error in one line: what is wrong and where (PyYAML's own message spans several)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or (str(exc).splitlines() or ["unreadable"])[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem

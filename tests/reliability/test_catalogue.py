@@ -94,16 +94,58 @@ CATALOGUE = [
          prepare="the SAE comes from another model"),
     Case("explain-text with an SAE trained on another model", ("features", "{run}", "explain-text", "two plus two"),
          r"trained on .* --allow-other-model", prepare="the SAE comes from another model"),
+    Case("collect a model from an empty directory", ("collect", "--model", "{empty}", "--out", "{new}"), r"empty"),
+    Case("collect from a prompt file that does not exist", ("collect", "--model", "smollm2", "--prompts",
+                                                            "{empty}/missing.jsonl", "--out", "{new}"), r"missing"),
+    Case("collect a negative number of prompts", ("collect", "--model", "smollm2", "--limit", "-1", "--out", "{new}"),
+         r"limit"),
+    Case("collect with zero new tokens", ("collect", "--model", "smollm2", "--max-new-tokens", "0", "--out", "{new}"),
+         r"max_new_tokens"),
+    Case("harvest a layer the model lacks", ("harvest", "{run}", "--layer", "99"), r"layer 99",
+         prepare="the activations are removed"),
+    Case("harvest into zero-token shards", ("harvest", "{run}", "--layer", "1", "--shard-tokens", "0"),
+         r"shard_tokens"),
+    Case("train an SAE of expansion 0", ("train", "{run}", "--expansion", "0"), r"expansion"),
+    Case("train with a negative batch", ("train", "{run}", "--batch-size", "-5"), r"batch_size"),
+    Case("train an architecture that does not exist", ("train", "{run}", "--arch", "transcoder"), r"arch"),
+    Case("index keeping no examples", ("index", "{run}", "--top", "0"), r"top"),
+    Case("eval a run without an SAE", ("eval", "{run}"), r"run `thinklens train", prepare="the SAE is removed"),
+    Case("index a run without activations", ("index", "{run}"), r"run `thinklens harvest",
+         prepare="the activations are removed"),
+    Case("map a run without a feature database", ("map", "{run}"), r"run `thinklens index",
+         prepare="features.db is removed"),
+    Case("sweep at strengths that are not numbers", ("sweep", "{run}", "--feature", "0", "--strengths", "a,b"),
+         r"strengths"),
+    Case("sweep with an unknown position policy", ("sweep", "{run}", "--feature", "0", "--policy", "sometimes"),
+         r"sometimes"),
+    Case("steer a negative feature id", ("steer", "{run}", "--feature", "-3", "--strength", "2", "--prompt", "2+2?"),
+         r"feature: .*greater than or equal to 0"),
+    Case("contrast with an empty selector", ("contrast", "{run}", "--a", "", "--b", "operator=*"), r"selector"),
+    Case("an option the command lacks", ("train", "{run}", "--colour", "red"), r"No such option.*train --help"),
+    Case("a number that is not one", ("train", "{run}", "--lr", "fast"), r"Invalid value for '--lr'"),
+    Case("show without a feature id", ("features", "{run}", "show"), r"Missing argument.*features RUN show --help"),
+    Case("run from a stage that does not exist", ("run", "--from", "nonsense", "--out", "{run}"), r"nonsense"),
+    Case("run a config file that does not exist", ("run", "--config", "{empty}/missing.yaml", "--out", "{run}"), r"missing.yaml"),
+    Case("run a config that is not YAML", ("run", "--config", "{badyaml}", "--out", "{run}"), r"YAML"),
+    Case("run a config with an unknown setting", ("run", "--config", "{unknown_yaml}", "--out", "{run}"), r"colour"),
+    Case("neighbours from a cfg.json without d_sae", ("features", "{run}", "neighbors", "0"), r"cfg.json.*d_sae",
+         prepare="cfg.json lacks d_sae"),
+    Case("harvest over a corrupted traces part", ("harvest", "{run}", "--layer", "1", "--shard-tokens", "600"), r"is corrupt.*collect",
+         prepare="a trace part is corrupted"),
+    Case("train a run whose run.yaml is broken", ("train", "{run}", "--min-steps", "5"), r"run.yaml is not valid YAML "
+         r"\(.* at line \d+, column \d+\): fix or remove it", prepare="run.yaml is broken"),
     Case("contrast over a deleted activation shard", ("contrast", "{run}", "--a", "operator=*", "--b", "operator!=*"),
          r"missing or truncated: run `thinklens harvest", prepare="an activation shard is deleted"),
 ]
 
 
 def tree_digest(root: Path) -> str:
-    """sha256 over every file's relative path and bytes under `root` (the run's lock file aside)."""
+    """sha256 over every file's relative path and bytes, and every directory's path, under `root` (the
+    run's lock file aside): an empty directory left behind changes it too."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != LOCK_NAME):
-        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    for path in sorted(p for p in root.rglob("*") if p.name != LOCK_NAME):
+        content = path.read_bytes() if path.is_file() else b"<dir>" if path.is_dir() else b"<other>"
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + content)
     return digest.hexdigest()
 
 
@@ -117,6 +159,29 @@ def _prepare(run: Path, fault: str | None) -> None:
     elif fault == "sae weights are truncated":
         weights = run / "sae" / "sae_weights.safetensors"
         weights.write_bytes(weights.read_bytes()[:1000])
+    elif fault == "cfg.json lacks d_sae":
+        data = json.loads(cfg.read_text())
+        del data["thinklens"]["d_sae"]
+        data.pop("d_sae", None)
+        cfg.write_text(json.dumps(data))
+    elif fault == "a trace part is corrupted":
+        import pyarrow.parquet as pq
+
+        part = sorted((run / "traces").glob("part-*.parquet"))[0]
+        columns = pq.read_metadata(part).row_group(0)
+        tokens = next(columns.column(i) for i in range(columns.num_columns)
+                      if columns.column(i).path_in_schema.startswith("token_ids"))
+        data = bytearray(part.read_bytes())
+        middle = tokens.data_page_offset + tokens.total_compressed_size // 2
+        data[middle: middle + 64] = bytes(64)  # zeros inside the token ids' page, the footer intact
+        part.write_bytes(bytes(data))
+        shutil.rmtree(run / "activations")  # so that harvest reads every part
+    elif fault in ("the SAE is removed", "the activations are removed"):
+        shutil.rmtree(run / fault.split()[1].replace("SAE", "sae"))
+    elif fault == "run.yaml is broken":
+        (run / "run.yaml").write_text("stages: {train: [\n")
+    elif fault == "features.db is removed":
+        (run / "features.db").unlink()
     elif fault == "cfg.json lacks d_in":
         data = json.loads(cfg.read_text())
         del data["thinklens"]["d_in"]
@@ -156,8 +221,12 @@ def test_bad_input_gives_one_line_exit_2_and_changes_nothing(case, indexed_run, 
     binary.write_bytes(b'{"prompt": "\xff\xfe\x00 not text"}\n')
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF\x03\x00\x00\x00" + bytes(40))  # a header, then nothing
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.yaml").write_text("harvest: [layers: {\n")
+    (tmp_path / "unknown.yaml").write_text("harvest:\n  layers: [1]\n  colour: red\n")
     before = tree_digest(tmp_path)
-    argv = [part.format(run=run, file=plain_file, new=tmp_path / "new-run", binary=binary, gguf=gguf)
+    argv = [part.format(run=run, file=plain_file, new=tmp_path / "new-run", binary=binary, gguf=gguf,
+                        empty=tmp_path / "empty", badyaml=tmp_path / "bad.yaml", unknown_yaml=tmp_path / "unknown.yaml")
             for part in case.argv]
     result = CliRunner().invoke(app, argv)
     lines = _error_lines(result.output)

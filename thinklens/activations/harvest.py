@@ -125,19 +125,12 @@ def harvest(
     plan = plan_shards(lengths["sequence_id"], lengths["n_tokens"], config.shard_tokens)
 
     store = ActivationStore(activations_dir)
-    identity = {
-        "model": model_config.model,
-        "revision": model_config.revision,
-        "layers": sorted(config.layers),
-        "dtype": config.dtype,
-        "shard_tokens": config.shard_tokens,
-        "massive_ratio": config.massive_ratio,
-        "traces": trace_meta["identity"],
-    }
+    identity = _identity(config, model_config, trace_meta["identity"])
     done = _claim(store, identity, plan)
     todo = [shard for shard in plan if shard.shard >= len(done)]
     if not todo:
         return HarvestResult(store.directory, 0, len(plan), 0, store.token_count, time.perf_counter() - started)
+    traces.verify(_TRACE_COLUMNS)
 
     loaded = loaded or load_model(model_config)
     layers = sorted({resolve_layer(loaded.model, layer) for layer in config.layers})
@@ -195,6 +188,13 @@ def _size(n: float) -> str:
     while n >= 1024 and unit < 4:
         n, unit = n / 1024, unit + 1
     return f"{n:.1f} {('B', 'KB', 'MB', 'GB', 'TB')[unit]}"
+
+
+def _identity(config: HarvestConfig, model_config: ModelConfig, traces: dict[str, Any]) -> dict[str, Any]:
+    """What makes a store these activations: a store harvested with anything else is refused."""
+    return {"model": model_config.model, "revision": model_config.revision, "layers": sorted(config.layers),
+            "dtype": config.dtype, "shard_tokens": config.shard_tokens, "massive_ratio": config.massive_ratio,
+            "traces": traces}
 
 
 def _claim(store: ActivationStore, identity: dict[str, Any], plan: list[ShardInfo]) -> list[ShardInfo]:
@@ -282,9 +282,8 @@ def _compute_shard(
 
 def read_shard_traces(shard: ShardInfo, traces_dir: Path) -> list[dict[str, Any]]:
     """The traces of one planned shard, in sequence order."""
-    dataset = ds.dataset(str(traces_dir), format="parquet")
     in_shard = (ds.field("sequence_id") >= shard.first_sequence) & (ds.field("sequence_id") <= shard.last_sequence)
-    return dataset.to_table(columns=_TRACE_COLUMNS, filter=in_shard).sort_by("sequence_id").to_pylist()
+    return TraceStore(traces_dir).read(_TRACE_COLUMNS, where=in_shard).to_pylist()
 
 
 def padded_batches(

@@ -234,7 +234,7 @@ class ActivationStore:
             with atomic_path(self.shard_path(layer, shard)) as temp:
                 array.tofile(temp)
         with atomic_path(self.index_path(shard)) as temp:
-            pq.write_table(index, temp, compression="zstd")
+            pq.write_table(index, temp, compression="zstd", write_page_checksum=True)
 
     def remove_stale_temps(self) -> None:
         for directory in [self.directory, self.directory / INDEX_DIR, *self.directory.glob("layers.*")]:
@@ -265,7 +265,7 @@ class ActivationStore:
             del mapped
 
     def read_index(self, shard: ShardInfo, columns: list[str] | None = None) -> pa.Table:
-        return pq.read_table(self.index_path(shard.shard), columns=columns)
+        return pq.read_table(self.index_path(shard.shard), columns=columns, page_checksum_verification=True)
 
     def kept_batches(self, layer: int, batch_size: int, columns: tuple[str, ...] = (),
                      include_special: bool = False, include_massive: bool = False) -> Iterator[KeptBatch]:

@@ -118,18 +118,25 @@ class TraceStore:
         table = pa.Table.from_pylist(rows, schema=TRACE_SCHEMA)
         target = self.directory / f"part-{min(row['sequence_id'] for row in rows):06d}.parquet"
         with atomic_path(target) as temp:
-            pq.write_table(table, temp, compression="zstd")
+            pq.write_table(table, temp, compression="zstd", write_page_checksum=True)
         return target
 
-    def read(self, columns: Iterable[str] | None = None) -> pa.Table:
-        """All traces, sorted by sequence id."""
+    def read(self, columns: Iterable[str] | None = None, where: Any = None) -> pa.Table:
+        """All traces (those matching `where`, a `pyarrow.dataset` expression, when given), sorted by sequence
+        id. Every read of the traces comes here, where each page's checksum is verified."""
         parts = self.parts()
         if not parts:
             raise ThinklensError(f"no traces in {self.directory}: run `thinklens collect --out {self.directory.parent}` first")
         names = list(columns) if columns is not None else None
-        tables = [_read_part(part, names) for part in parts]
+        tables = [_read_part(part, names, where=where) for part in parts]
         table = pa.concat_tables(tables)
         return table.sort_by("sequence_id") if "sequence_id" in table.column_names else table
+
+    def verify(self, columns: Iterable[str]) -> None:
+        """Read `columns` of every part once, keeping nothing (so: checksums checked, one part in memory): a
+        stage that will read them refuses a corrupt part before it writes anything."""
+        for part in self.parts():
+            _read_part(part, list(columns))
 
     def __len__(self) -> int:
         return sum(_read_part(part, None, rows_only=True) for part in self.parts())
@@ -153,11 +160,14 @@ def summarize_traces(store: TraceStore) -> dict[str, float]:
     }
 
 
-def _read_part(part: Path, columns: list[str] | None, rows_only: bool = False) -> Any:
+def _read_part(part: Path, columns: list[str] | None, rows_only: bool = False, where: Any = None) -> Any:
     """One trace part (or, `rows_only`, its row count from the footer alone); a corrupt or truncated part
     is named with the fix (collect regenerates what is missing)."""
     try:
-        return pq.read_metadata(part).num_rows if rows_only else pq.read_table(part, columns=columns)
+        if rows_only:
+            return pq.read_metadata(part).num_rows
+        # Page checksums: a page zstd stored raw (token ids often are) would otherwise read back damaged bytes
+        return pq.read_table(part, columns=columns, filters=where, page_checksum_verification=True)
     except (pa.ArrowException, OSError) as exc:
         raise ThinklensError(f"{part} is corrupt ({str(exc).splitlines()[0][:100]}): delete it and run `thinklens "
                              f"collect --out {part.parent.parent}` again to regenerate its traces") from None

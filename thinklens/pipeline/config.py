@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from thinklens.errors import ThinklensError
+from thinklens.errors import ThinklensError, yaml_problem
 from thinklens.pipeline.registry import STAGE_NAMES, STAGES, get_stage
 from thinklens.pipeline.stage import Stage
 
@@ -58,7 +58,7 @@ def read_run_document(path: Path) -> dict[str, Any]:
     try:
         document = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
-        raise ThinklensError(f"{path} is not valid YAML ({exc}); fix the file") from exc
+        raise ThinklensError(f"{path} is not valid YAML ({yaml_problem(exc)}); fix the file") from exc
     if not isinstance(document, dict):
         raise ThinklensError(f"{path} must be a mapping of stage names to settings, not {type(document).__name__}")
     if "stages" in document and "format_version" in document:  # a run's own run.yaml: follow its config

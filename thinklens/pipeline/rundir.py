@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from thinklens.errors import ThinklensError
+from thinklens.errors import ThinklensError, yaml_problem
 from thinklens.files import atomic_path
 
 RUN_FORMAT_VERSION = 2  # 1: `config:` held each stage's CLI options; 2: the RunConfig itself
@@ -182,7 +182,7 @@ class RunDir:
         try:
             document = yaml.safe_load(self.run_yaml.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ThinklensError(f"{self.run_yaml} is not valid YAML ({exc}): fix or remove it") from exc
+            raise ThinklensError(f"{self.run_yaml} is not valid YAML ({yaml_problem(exc)}): fix or remove it") from exc
         return RunRecord.model_validate(document)
 
     def record_config(self, config: dict[str, Any]) -> Path:

@@ -44,6 +44,8 @@ def run_stage(name: str, config: BaseModel | dict[str, Any] | None, rundir: RunD
     rundir = rundir if isinstance(rundir, RunDir) else RunDir(rundir)
     config = config if isinstance(config, stage.config) else stage.config.model_validate(config or {})
     with run_lock(rundir.root, stage.name):
+        if stage.recorded:
+            rundir.record()  # a run.yaml that will not parse is refused before the work, not after it
         result = stage.run(config, rundir, progress)
         if not result.skipped and stage.recorded:
             rundir.record_stage(stage.name, config.model_dump(mode="json"), result.resolved)
@@ -59,13 +61,13 @@ def run(config: BaseModel, out: Path | str | None = None, from_stage: str | None
     """
     if not isinstance(config, RunConfig):
         config = RunConfig.model_validate(config)
+    forced = stages_from(from_stage)
     root = out if out is not None else config.out
     if root is None:
         raise ThinklensError("no run directory: pass --out RUN or set `out:` in the config")
     problems = missing_sections(config)
     if problems:
         raise ThinklensError(problems[0])
-    forced = stages_from(from_stage)
     observer = observer or RunObserver()
     rundir = RunDir(root)
     with run_lock(root, "run"):

@@ -33,6 +33,7 @@ from thinklens.activations.capture import edit_resid_post
 from thinklens.activations.reader import ActivationReader, ReaderConfig, in_holdout
 from thinklens.activations.store import ActivationStore
 from thinklens.data.segments import SEGMENT_NAMES
+from thinklens.data.traces import TraceStore
 from thinklens.errors import ThinklensError
 from thinklens.models.loader import LoadedModel, load_model, resolve_device
 from thinklens.sae.formats import check_same_model, check_width, load_sae, sae_metadata
@@ -295,9 +296,8 @@ def lm_cost(
     held = held[in_holdout(held, holdout_fraction)][:n_sequences]
     if len(held) == 0:
         return {}
-    traces = ds.dataset(str(traces_dir), format="parquet").to_table(
-        columns=["sequence_id", "token_ids", "generation_start"], filter=ds.field("sequence_id").isin(held.tolist())
-    ).to_pylist()
+    traces = TraceStore(traces_dir).read(["sequence_id", "token_ids", "generation_start"],
+                                         where=ds.field("sequence_id").isin(held.tolist())).to_pylist()
     sums = {"clean": 0.0, "spliced": 0.0, "zero_ablated": 0.0, "kl_spliced": 0.0, "kl_zero_ablated": 0.0}
     count = 0
     for trace in traces:

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.dataset as ds
 import torch
 from sklearn.linear_model import LogisticRegression
 
 from thinklens.activations.store import ActivationStore
+from thinklens.data.traces import TraceStore
 from thinklens.sae.sae import Sae
 from thinklens.stats import Rate, rate
 
@@ -57,8 +57,7 @@ class ProbeResult:
 
 def probe_tasks(traces_dir: Path) -> list[ProbeTask]:
     """The binary tasks the traces' metadata supports (each with enough examples of both classes)."""
-    rows = ds.dataset(str(traces_dir), format="parquet").to_table(
-        columns=["sequence_id", "source", "metadata", "correct"]).to_pylist()
+    rows = TraceStore(traces_dir).read(["sequence_id", "source", "metadata", "correct"]).to_pylist()
     ids = np.array([row["sequence_id"] for row in rows], dtype=np.int64)
     metadata = [json.loads(row["metadata"] or "{}") for row in rows]
     tasks: list[ProbeTask] = []
