@@ -300,16 +300,38 @@ def test_collect_retried_after_a_bad_model_is_not_refused(tiny_models, tmp_path)
     assert good.exit_code == 0, good.output
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through read-only permissions")
-def test_a_read_only_run_directory_is_refused_before_any_work(indexed_run, tmp_path):
+def _without_write_override(argv: list[str]) -> subprocess.CompletedProcess:
+    """Run the CLI where permission bits hold: as root, without CAP_DAC_OVERRIDE (root otherwise writes
+    through any mode); as anyone else, as is."""
+    prefix = []
+    if os.geteuid() == 0:
+        if shutil.which("setpriv") is None:
+            pytest.skip("running as root without util-linux's setpriv to drop CAP_DAC_OVERRIDE")
+        prefix = ["setpriv", "--inh-caps=-dac_override", "--bounding-set=-dac_override"]
+    return subprocess.run([*prefix, sys.executable, "-c", "from thinklens.cli import main; main()", *argv],
+                          env={**os.environ, "COLUMNS": "200"}, capture_output=True, text=True, timeout=120)
+
+
+def test_a_read_only_run_directory_is_refused_before_any_work(indexed_run, tiny_models, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(indexed_run, run)
-    os.chmod(run, 0o555)
+    directories = [run, *[p for p in run.rglob("*") if p.is_dir()]]
+    before = tree_digest(run)
+    for directory in directories:
+        os.chmod(directory, 0o555)
     try:
-        result = CliRunner().invoke(app, ["contrast", str(run), "--a", "operator=*", "--b", "operator!=*"])
-        assert result.exit_code == 2 and "not writable" in result.output
+        refused = _without_write_override(["contrast", str(run), "--a", "operator=*", "--b", "operator!=*"])
+        assert refused.returncode == 2, refused.stderr
+        assert _error_lines(refused.stderr) == [f"error: {run} is not writable (permission denied): pass a run "
+                                                "directory you can write to, or fix its permissions"]
+        new = _without_write_override(["collect", "--model", str(tiny_models["llama"]), "--out", str(run / "new"),
+                                       "--prompts", "arithmetic", "--limit", "2"])
+        assert new.returncode == 2 and "cannot create the run directory" in new.stderr, new.stderr
+        assert "Loading weights" not in new.stderr  # refused before the model loaded
     finally:
-        os.chmod(run, 0o755)
+        for directory in directories:
+            os.chmod(directory, 0o755)
+    assert tree_digest(run) == before
 
 
 def test_harvest_redoes_a_deleted_shard_to_the_same_bytes(indexed_run, tmp_path):
