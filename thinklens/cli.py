@@ -68,6 +68,7 @@ from thinklens.distill.recipe import DistillConfig  # noqa: E402
 from thinklens.features.contrast import ContrastConfig  # noqa: E402
 from thinklens.pipeline import STAGES, RunConfig, RunDir, load_run_config  # noqa: E402
 from thinklens.pipeline import run as run_pipeline  # noqa: E402
+from thinklens.server.config import ServeConfig  # noqa: E402
 from thinklens.steering.compare import SteerConfig  # noqa: E402
 
 for _stage in STAGES:  # one command per stage, built from its declaration
@@ -280,6 +281,25 @@ def steer_command(
     table.add_column("steered", ratio=1)
     table.add_row(outcome.baseline, outcome.steered)
     console.print(table)
+
+
+# ----------------------------------------------------------------------------------- serving
+@app.command("serve")
+@user_errors
+def serve_command(
+    runs: Annotated[list[Path], typer.Argument(help=describe(ServeConfig, "runs"))],
+    host: Annotated[str | None, typer.Option(help=describe(ServeConfig, "host"))] = None,
+    port: Annotated[int | None, typer.Option(help=describe(ServeConfig, "port"))] = None,
+    no_model: Annotated[bool | None, typer.Option("--no-model", help=describe(ServeConfig, "no_model"))] = None,
+    device: Annotated[str | None, typer.Option(help=describe(ServeConfig, "device"))] = None,
+) -> None:
+    """Browse features, steer in a playground, and serve the (steered) model to OpenAI clients."""
+    from thinklens.server import serve
+
+    config = ServeConfig(runs=tuple(runs), **given(host=host, port=port, no_model=no_model, device=device))
+    console.print(f"loading {', '.join(str(run) for run in runs)}{'' if config.no_model else ' and the model'}…")
+    serve(config, on_ready=lambda url: console.print(f"thinklens serve: {url}  (OpenAI base_url {url}/v1; "
+                                                     "Ctrl-C stops)", highlight=False))
 
 
 def main() -> None:

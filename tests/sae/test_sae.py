@@ -145,3 +145,18 @@ def test_threshold_calibration_keeps_k_per_token_on_average():
     topk = Sae(SaeConfig(arch="topk", d_in=16, d_sae=64, k=4))
     topk.calibrate_threshold(batches)
     assert topk.threshold.item() == -1.0  # only BatchTopK SAEs have one
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("threshold", [-1.0, 0.3])
+def test_one_features_activations_are_its_column_of_the_codes(arch, threshold):
+    torch.manual_seed(0)
+    sae = Sae(SaeConfig(arch=arch, d_in=16, d_sae=48, k=4)).eval()
+    with torch.no_grad():
+        sae.b_enc.normal_()
+    sae.threshold.fill_(threshold)
+    x = torch.randn(40, 16)
+    dense = sae.encode(x, batch_dependent=False).dense()
+    for feature in (0, 7, 47):
+        assert torch.allclose(sae.feature_activations(x, feature), dense[:, feature], atol=1e-5)
+    assert (dense > 0).any()

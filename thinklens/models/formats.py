@@ -80,8 +80,14 @@ def detect_format(tokenizer: Any) -> FormatName:
 
 def render_prompt(tokenizer: Any, fmt: ReasoningFormat, prompt: str) -> str:
     """The exact text given to the model for one user prompt, ending where generation starts."""
-    messages = [{"role": "user", "content": prompt}]
-    if fmt.system_prompt:
+    return render_messages(tokenizer, fmt, [{"role": "user", "content": prompt}])
+
+
+def render_messages(tokenizer: Any, fmt: ReasoningFormat, messages: list[dict[str, str]]) -> str:
+    """The exact text given to the model for a conversation (the format's system prompt first unless
+    the conversation has its own), ending where the assistant's turn starts."""
+    messages = list(messages)
+    if fmt.system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": fmt.system_prompt})
     if not getattr(tokenizer, "chat_template", None):
         if fmt.name != "think":
@@ -101,7 +107,7 @@ def _apply_template(tokenizer: Any, messages: list[dict[str, str]]) -> str:
         if messages[0]["role"] != "system":
             raise
         # Some templates (Gemma) reject a system turn: fold the instruction into the user's message.
-        merged = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}]
+        merged = [{"role": "user", "content": messages[0]["content"] + "\n\n" + messages[1]["content"]}, *messages[2:]]
         return tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True, enable_thinking=True)
 
 

@@ -10,7 +10,7 @@ Sampling is seeded through a private `torch.Generator`: nothing global is touche
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -69,10 +69,13 @@ def generate(
     seed: int = 0,
     observer: GenerationObserver | None = None,
     use_cache: bool = True,
+    on_step: Callable[[list[int], list[int]], None] | None = None,
 ) -> list[Generated]:
     """Continue each left-padded row of `input_ids` (batch, width) until EOS or `max_new_tokens`.
 
     `use_cache=False` recomputes the whole sequence every step (slow; a reference for tests).
+    `on_step(rows, tokens)` is told each step's chosen tokens as they come (a server streams them); an
+    exception it raises stops the generation.
     """
     from transformers import DynamicCache
 
@@ -96,6 +99,8 @@ def generate(
         for row, token, logprob in zip(rows.tolist(), tokens.tolist(), chosen.tolist(), strict=True):
             completions[row].append(token)
             logprobs[row].append(logprob)
+        if on_step is not None:
+            on_step(rows.tolist(), tokens.tolist())
         done = torch.isin(tokens, eos)
         for row in rows[done].tolist():
             finish[row] = "eos"

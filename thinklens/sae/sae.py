@@ -217,6 +217,20 @@ class Sae(nn.Module):
         values = self.values_at(encoder_input, pre, rows, features)
         return SparseCodes(values, features, rows, x.shape[0], self.config.d_sae), pre
 
+    def feature_activations(self, x: torch.Tensor, feature: int) -> torch.Tensor:
+        """One feature's inference-mode activation on each row of `x` (n,): what `encode(x,
+        batch_dependent=False)` gives it. Where a feature's value depends only on its own pre-activation
+        (ReLU; BatchTopK by its learnt threshold) just that column is computed; TopK needs every column."""
+        if self.config.arch == "topk" or (self.config.arch != "relu" and self.threshold < 0):
+            codes = self.encode(x, batch_dependent=False)
+            out = torch.zeros(x.shape[0], dtype=codes.values.dtype, device=codes.values.device)
+            hit = codes.features == feature
+            return out.index_put_((codes.rows[hit],), codes.values[hit])
+        with torch.no_grad():
+            pre = self.encoder_input(x) @ self.encoder_weight[feature] + self.b_enc[feature]
+        floor = 0.0 if self.config.arch == "relu" else float(self.threshold)
+        return torch.where(pre > floor, F.relu(pre), torch.zeros_like(pre))
+
     def values_at(
         self, encoder_input: torch.Tensor, pre: torch.Tensor, rows: torch.Tensor, features: torch.Tensor
     ) -> torch.Tensor:

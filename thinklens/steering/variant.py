@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,10 +115,14 @@ class Variant:
         seed: int = 0,
         prefills: Sequence[str] | None = None,
         use_cache: bool = True,
+        on_step: Callable[[list[int], list[int]], None] | None = None,
+        rendered: bool = False,
     ) -> list[SteeredOutput]:
-        """Generate a trace per prompt (optionally continuing a `prefills` text after the rendered prompt)."""
+        """Generate a trace per prompt (optionally continuing a `prefills` text after the rendered prompt);
+        `on_step(rows, tokens)` sees each step's tokens as they are chosen (`models.generate.generate`).
+        `rendered`: the prompts are already the model's exact input text (no chat template applied)."""
         tokenizer = self.loaded.tokenizer
-        texts = [render_prompt(tokenizer, self.fmt, prompt) + (prefills[i] if prefills else "")
+        texts = [(prompt if rendered else render_prompt(tokenizer, self.fmt, prompt)) + (prefills[i] if prefills else "")
                  for i, prompt in enumerate(prompts)]
         tokenizer.padding_side = "left"
         encoded = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(self.loaded.device)
@@ -138,7 +142,7 @@ class Variant:
             completions = generate(
                 self.loaded.model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens,
                 self.loaded.eos_token_ids,
-                sampling or Sampling(), seed, observer=hook, use_cache=use_cache,
+                sampling or Sampling(), seed, observer=hook, use_cache=use_cache, on_step=on_step,
             )
         outputs = []
         for row, (prompt, completion) in enumerate(zip(prompt_ids, completions, strict=True)):
