@@ -297,7 +297,6 @@ def serve_command(
     from thinklens.server import serve
 
     config = ServeConfig(runs=tuple(runs), **given(host=host, port=port, no_model=no_model, device=device))
-    console.print(f"loading {', '.join(str(run) for run in runs)}{'' if config.no_model else ' and the model'}…")
     serve(config, on_ready=lambda url: console.print(f"thinklens serve: {url}  (OpenAI base_url {url}/v1; "
                                                      "Ctrl-C stops)", highlight=False))
 

@@ -134,6 +134,9 @@ CATALOGUE = [
          prepare="a trace part is corrupted"),
     Case("train a run whose run.yaml is broken", ("train", "{run}", "--min-steps", "5"), r"run.yaml is not valid YAML "
          r"\(.* at line \d+, column \d+\): fix or remove it", prepare="run.yaml is broken"),
+    Case("serve a directory that is no run", ("serve", "{empty}"), r"no feature database .*run `thinklens index"),
+    Case("serve two runs of one name", ("serve", "{run}", "{run}"), r"share a directory name"),
+    Case("serve on a port that does not exist", ("serve", "{run}", "--port", "70000"), r"port"),
     Case("contrast over a deleted activation shard", ("contrast", "{run}", "--a", "operator=*", "--b", "operator!=*"),
          r"missing or truncated: run `thinklens harvest", prepare="an activation shard is deleted"),
 ]

@@ -17,6 +17,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from thinklens.errors import ThinklensError
@@ -113,6 +114,13 @@ def _error_handlers(app: FastAPI) -> None:
         problem = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(part) for part in problem.get("loc", ()) if part not in ("body", "query", "path"))
         return reply(400, f"{where}: {problem.get('msg')}" if where else str(problem.get("msg")), "invalid_request_error",
+                     where or None)
+
+    @app.exception_handler(ValidationError)
+    async def invalid_value(_request: Request, exc: ValidationError) -> JSONResponse:  # a model built in a route
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        return reply(400, f"{where}: {problem['msg']}" if where else problem["msg"], "invalid_request_error",
                      where or None)
 
     @app.exception_handler(ThinklensError)

@@ -66,26 +66,26 @@ def models(request: Request) -> dict[str, Any]:
 
 @router.post("/chat/completions", summary="Chat completion (steered by model name or `steering`)")
 def chat_completions(request: Request, body: ChatRequest):
-    text = "".join(message.content for message in body.messages)
-    job = _job(request, body, text, messages=tuple({"role": "system" if m.role == "developer" else m.role,
+    sent = "".join(message.content for message in body.messages)
+    job = _job(request, body, sent, messages=tuple({"role": "system" if m.role == "developer" else m.role,
                                                     "content": m.content} for m in body.messages))
     return _respond(request, body, job, chat=True)
 
 
 @router.post("/completions", summary="Text completion of a raw prompt (steered by model name or `steering`)")
 def completions(request: Request, body: CompletionRequest):
-    job = _job(request, body, body.prompt, text=body.prompt)
+    job = _job(request, body, body.prompt, text=body.prompt)  # the raw text is the model's input
     return _respond(request, body, job, chat=False)
 
 
-def _job(request: Request, body: _Common, text: str, **what: Any) -> GenerationJob:
+def _job(request: Request, body: _Common, sent: str, **what: Any) -> GenerationJob:
     state = request.app.state.served
     state.need_model()
     steering = body.steering or parse_model_name(body.model, state.model_id)
     max_tokens = body.max_completion_tokens or body.max_tokens or min(256, state.config.max_tokens)
     check_steering(state, state.run(state.model_run), steering, max_tokens)
-    if len(text) > state.config.max_text_chars:
-        raise ThinklensError(f"the prompt's {len(text)} characters are above this server's bound "
+    if len(sent) > state.config.max_text_chars:
+        raise ThinklensError(f"the prompt's {len(sent)} characters are above this server's bound "
                              f"{state.config.max_text_chars}")
     return GenerationJob(steering=steering, max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                          seed=body.seed or 0, **what)
@@ -131,6 +131,8 @@ def _respond(request: Request, body: _Common, job: GenerationJob, chat: bool):
 
 
 def _raise_failed(result: Finished) -> None:
+    if result.error and result.error.startswith("internal error"):
+        raise RuntimeError(result.error)  # a bug: the 500 handler says so
     if result.error:
         if result.finish_reason == "timeout":
             import concurrent.futures

@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, FileSystemLoader, select_autoescape
+from jinja2 import Environment, FileSystemLoader, Undefined, select_autoescape
 
 from thinklens.data.segments import SEGMENT_NAMES
 from thinklens.server import api
@@ -34,13 +34,13 @@ def mount_static(app: FastAPI) -> None:
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+    if value is None or isinstance(value, Undefined) or (isinstance(value, float) and not math.isfinite(value)):
         return "—"
     return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
 def _pct(value: Any, digits: int = 1) -> str:
-    return "—" if value is None else f"{100 * value:.{digits}f} %"
+    return "—" if value is None or isinstance(value, Undefined) else f"{100 * value:.{digits}f} %"
 
 
 def _max_rate(feature: dict[str, Any]) -> float:
