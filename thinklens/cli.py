@@ -292,11 +292,15 @@ def serve_command(
     port: Annotated[int | None, typer.Option(help=describe(ServeConfig, "port"))] = None,
     no_model: Annotated[bool | None, typer.Option("--no-model", help=describe(ServeConfig, "no_model"))] = None,
     device: Annotated[str | None, typer.Option(help=describe(ServeConfig, "device"))] = None,
+    capacity: Annotated[int | None, typer.Option(help=describe(ServeConfig, "capacity"))] = None,
+    timeout: Annotated[float | None, typer.Option(help=describe(ServeConfig, "timeout_s"))] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help=describe(ServeConfig, "max_tokens"))] = None,
 ) -> None:
     """Browse features, steer in a playground, and serve the (steered) model to OpenAI clients."""
     from thinklens.server import serve
 
-    config = ServeConfig(runs=tuple(runs), **given(host=host, port=port, no_model=no_model, device=device))
+    config = ServeConfig(runs=tuple(runs), **given(host=host, port=port, no_model=no_model, device=device,
+                                                   capacity=capacity, timeout_s=timeout, max_tokens=max_tokens))
     serve(config, on_ready=lambda url: console.print(f"thinklens serve: {url}  (OpenAI base_url {url}/v1; "
                                                      "Ctrl-C stops)", highlight=False))
 

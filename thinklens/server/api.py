@@ -22,9 +22,9 @@ from thinklens.server.steering_request import Steering
 
 router = APIRouter(prefix="/api", tags=["api"])
 MAX_ID = 2**31
-# A steering form starts at 4 × the feature's typical max activation: inside the range where the R1 study's
-# features steered without breaking the model (the sweeps' regime tables show each feature's own range).
-DEFAULT_STRENGTH = 4.0
+# A steering form starts at 2 × the feature's typical max activation: on the demo organism 4× already
+# breaks many features (the playground screenshot in the README); `thinklens sweep` finds each one's range.
+DEFAULT_STRENGTH = 2.0
 
 
 def served(request: Request):
