@@ -7,8 +7,9 @@ In one run:
 - generation: a steered chat completion over HTTP with the official `openai` client, tokens/s,
   against `Variant.generate` of the same prompt, steering and length in process. Goal: ≥ 0.9.
 
-The wide database is made once in WORK from RUN's activations with a random TopK SAE of `--features`
-latents (random directions fire on as many tokens as trained ones: the page's queries do the same work).
+The wide database is made once in WORK from RUN's activations with a random SAE of RUN's architecture
+and `--features` latents, its BatchTopK threshold set so that k fire per token as training would (the
+page's queries do the same work as on a trained SAE).
 
     .venv/bin/python benchmarks/serve.py runs/demo [--features 30720] [--work /tmp/serve-bench]
 """
@@ -40,7 +41,15 @@ def wide_run(run: Path, features: int, work: Path) -> Path:
             (target / name).symlink_to((run / name).resolve())
     trained = load_sae(run / "sae").config
     torch.manual_seed(0)
-    sae = Sae(trained.model_copy(update={"arch": "topk", "d_sae": features}))
+    sae = Sae(trained.model_copy(update={"d_sae": features})).eval()
+    if trained.arch.startswith("batchtopk"):  # the threshold training would learn: k active per token on average
+        from thinklens.activations.store import ActivationStore
+
+        store = ActivationStore(run / "activations")
+        sample = next(iter(store.kept_batches(store.layers[0], 8192))).x  # massive and special tokens left out
+        with torch.no_grad():
+            pre = torch.addmm(sae.b_enc, sae.encoder_input(sample), sae.encoder_weight.T)
+            sae.threshold.fill_(float(pre.flatten().topk(trained.k * len(sample)).values[-1]))
     save_sae(sae, target / "sae")
     print(f"indexing {features:,} random features over {run} (once) …", flush=True)
     build_index(IndexConfig(), target / "sae", target / "activations", target / "traces", target / "features.db")

@@ -34,6 +34,9 @@ SORTS = {  # sort key → the SQL expression it orders by (descending)
 }
 ENRICHMENT = "{rate} / (1e-9 + (coalesce(f.rate_prompt, 0) + coalesce(f.rate_prefix, 0) + coalesce(f.rate_thinking, 0) + coalesce(f.rate_answer, 0)) / 4.0)"
 MAX_PAGE = 200
+# A TopK SAE's feature value needs every feature's pre-activation (its k-th largest decides): a page re-encodes
+# the contexts of this many examples exactly, and shows the stored values of the rest.
+EXACT_FULL_ENCODES = 8
 
 
 class UnknownFeature(ThinklensError):
@@ -245,8 +248,11 @@ class ServedRun:
         half = max(1, window // 2)
         stored = self.db.execute("SELECT sequence_id, token_idx, strength FROM activations WHERE feature_id = ? "
                                  "ORDER BY strength DESC", (feature_id,)).fetchall()
+        exact_budget = len(stored) if self.context is None or self.context.cheap else EXACT_FULL_ENCODES
+        exact = self.context.windows(feature_id, [(s, t - half, t + half) for s, t, _ in stored[:exact_budget]]) \
+            if self.context is not None else []
         examples = []
-        for sequence_id, token_idx, strength in stored:
+        for rank, (sequence_id, token_idx, strength) in enumerate(stored):
             tokens = self.db.execute(
                 """SELECT t.token_idx, v.decoded_token, t.segment, coalesce(a.strength, 0)
                    FROM token_ids t JOIN vocab v ON v.token = t.token
@@ -254,13 +260,12 @@ class ServedRun:
                                             AND a.token_idx = t.token_idx
                    WHERE t.sequence_id = ? AND t.token_idx BETWEEN ? AND ? ORDER BY t.token_idx""",
                 (feature_id, sequence_id, token_idx - half, token_idx + half)).fetchall()
-            exact = self.context.window(feature_id, sequence_id, token_idx - half, token_idx + half) \
-                if self.context is not None else {}
+            values = exact[rank] if rank < len(exact) else {}
             examples.append({"sequence_id": sequence_id, "token_idx": token_idx, "strength": strength,
-                             "exact": bool(exact),
+                             "exact": bool(values),
                              "tokens": [{"idx": idx, "text": text, "segment": SEGMENT_NAMES[segment]
                                          if 0 <= segment < len(SEGMENT_NAMES) else "?",
-                                         "activation": exact.get(idx, value)}
+                                         "activation": values.get(idx, value)}
                                         for idx, text, segment, value in tokens]})
         return examples
 

@@ -14,9 +14,12 @@ import threading
 import numpy as np
 import torch
 
-from thinklens.activations.store import ActivationStore, ShardInfo
+from thinklens.activations.store import ActivationStore, ShardInfo, from_storage
+from thinklens.errors import ThinklensError
 from thinklens.pipeline.rundir import RunDir
 from thinklens.sae.sae import Sae
+
+OPEN_SHARDS = 64
 
 
 class ContextEncoder:
@@ -26,8 +29,13 @@ class ContextEncoder:
         self.store, self.sae, self.layer = store, sae.eval(), layer
         self.shards = store.shards()
         self._firsts = [shard.first_sequence for shard in self.shards]
-        self._index: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._index: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()
+
+    @property
+    def cheap(self) -> bool:
+        """Whether one feature's value is one column (ReLU, thresholded BatchTopK), not a full encode."""
+        return self.sae.config.arch == "relu" or (self.sae.config.arch != "topk" and float(self.sae.threshold) >= 0)
 
     @classmethod
     def for_run(cls, rundir: RunDir, sae: Sae | None, layer: int | None) -> ContextEncoder | None:
@@ -46,25 +54,43 @@ class ContextEncoder:
             return None
         return self.shards[position]
 
-    def _positions(self, shard: ShardInfo) -> tuple[np.ndarray, np.ndarray]:
+    def _opened(self, shard: ShardInfo) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(sequence ids, token indices, the memory-mapped rows) of a shard, kept for the next page (at
+        most `OPEN_SHARDS` of them: mappings cost address space, not memory)."""
         with self._lock:
             if shard.shard not in self._index:
-                if len(self._index) > 64:  # bounded: the index of 64 shards at most
+                if len(self._index) >= OPEN_SHARDS:
                     self._index.pop(next(iter(self._index)))
                 table = self.store.read_index(shard, ["sequence_id", "token_idx"])
-                self._index[shard.shard] = (table.column(0).to_numpy(), table.column(1).to_numpy())
+                sequences = table.column(0).to_numpy()
+                if np.any(np.diff(sequences) < 0):
+                    raise ThinklensError(f"shard {shard.shard} of {self.store.directory} is not in sequence order")
+                self._index[shard.shard] = (sequences, table.column(1).to_numpy(),
+                                            self.store.open_shard(self.layer, shard))
             return self._index[shard.shard]
 
     @torch.inference_mode()
-    def window(self, feature_id: int, sequence_id: int, first: int, last: int) -> dict[int, float]:
-        """token_idx → the feature's activation, for the sequence's tokens `first..last` in the store."""
-        shard = self._shard(sequence_id)
-        if shard is None:
-            return {}
-        sequences, tokens = self._positions(shard)
-        rows = np.flatnonzero((sequences == sequence_id) & (tokens >= first) & (tokens <= last))
-        if len(rows) == 0:
-            return {}
-        x = self.store.read_rows(self.layer, shard, rows).float().to(self.sae.device)
-        values = self.sae.feature_activations(x, feature_id).float().cpu()
-        return dict(zip(tokens[rows].tolist(), values.tolist(), strict=True))
+    def windows(self, feature_id: int, spans: list[tuple[int, int, int]]) -> list[dict[int, float]]:
+        """For each (sequence_id, first, last): token_idx → the feature's activation on that sequence's
+        tokens first..last in the store. One read and one encode for all of them."""
+        rows, owners, positions = [], [], []
+        for number, (sequence_id, first, last) in enumerate(spans):
+            shard = self._shard(sequence_id)
+            if shard is None:
+                continue
+            sequences, tokens, mapped = self._opened(shard)
+            lo = np.searchsorted(sequences, sequence_id, side="left")  # harvest writes rows in sequence order
+            hi = np.searchsorted(sequences, sequence_id, side="right")
+            found = lo + np.flatnonzero((sequences[lo:hi] == sequence_id) & (tokens[lo:hi] >= first)
+                                        & (tokens[lo:hi] <= last))
+            rows.append(np.array(mapped[found]))
+            owners += [number] * len(found)
+            positions += tokens[found].tolist()
+        result: list[dict[int, float]] = [{} for _ in spans]
+        if not owners:
+            return result
+        x = from_storage(np.concatenate(rows), self.store.dtype).float().to(self.sae.device)
+        values = self.sae.feature_activations(x, feature_id).float().cpu().tolist()
+        for owner, position, value in zip(owners, positions, values, strict=True):
+            result[owner][position] = value
+        return result

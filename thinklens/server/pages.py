@@ -7,6 +7,7 @@ a click on a point opens that feature's page; the file itself is never changed.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from pathlib import Path
@@ -62,8 +63,28 @@ def _histogram_svg(histogram: dict[str, list[float]], width: int = 320, height: 
     return f'<svg class="histogram" id="histogram" width="{width}" height="{height}">{rects}{labels}</svg>'
 
 
-_env.filters["visible"] = lambda text: (text or "").replace("\n", "⏎\n")
-_env.globals.update(fmt=_fmt, pct=_pct, max_rate=_max_rate, histogram_svg=_histogram_svg)
+def _examples_html(examples: list[dict[str, Any]], peak: float) -> str:
+    """Each example as a row of tokens shaded by the feature's activation (hover: value, segment, text).
+    Built here rather than in a template loop: a page holds thousands of tokens."""
+    escape, rows = html.escape, []
+    for example in examples:
+        spans = "".join(
+            f'<span class="tok{" at" if token["idx"] == example["token_idx"] else ""}" data-act="{token["activation"]}" '
+            f'title="{_fmt(token["activation"], 3)} · {token["segment"]} · {escape(token["text"])}" '
+            f'style="--a: {min(token["activation"] / (peak or 1), 1):.3f}">{escape(_visible(token["text"]))}</span>'
+            for token in example["tokens"])
+        rows.append(f'<div class="example" data-strength="{example["strength"]}"><span class="value">'
+                    f'{_fmt(example["strength"], 2)}</span><span class="context">{spans}</span></div>')
+    return "".join(rows)
+
+
+def _visible(text: str | None) -> str:
+    return (text or "").replace("\n", "⏎\n")
+
+
+_env.filters["visible"] = _visible
+_env.globals.update(fmt=_fmt, pct=_pct, max_rate=_max_rate, histogram_svg=_histogram_svg,
+                    examples_html=_examples_html)
 
 
 def _page(name: str, **context: Any) -> HTMLResponse:
