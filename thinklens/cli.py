@@ -287,7 +287,7 @@ def steer_command(
 @app.command("serve")
 @user_errors
 def serve_command(
-    runs: Annotated[list[Path], typer.Argument(help=describe(ServeConfig, "runs"))],
+    runs: Annotated[list[Path] | None, typer.Argument(help=describe(ServeConfig, "runs"))] = None,
     host: Annotated[str | None, typer.Option(help=describe(ServeConfig, "host"))] = None,
     port: Annotated[int | None, typer.Option(help=describe(ServeConfig, "port"))] = None,
     no_model: Annotated[bool | None, typer.Option("--no-model", help=describe(ServeConfig, "no_model"))] = None,
@@ -295,12 +295,15 @@ def serve_command(
     capacity: Annotated[int | None, typer.Option(help=describe(ServeConfig, "capacity"))] = None,
     timeout: Annotated[float | None, typer.Option(help=describe(ServeConfig, "timeout_s"))] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help=describe(ServeConfig, "max_tokens"))] = None,
+    ddb: Annotated[Path | None, typer.Option(help=describe(ServeConfig, "ddb"))] = None,
+    autointerp: Annotated[Path | None, typer.Option(help=describe(ServeConfig, "autointerp"))] = None,
 ) -> None:
     """Browse features, steer in a playground, and serve the (steered) model to OpenAI clients."""
     from thinklens.server import serve
 
-    config = ServeConfig(runs=tuple(runs), **given(host=host, port=port, no_model=no_model, device=device,
-                                                   capacity=capacity, timeout_s=timeout, max_tokens=max_tokens))
+    config = ServeConfig(runs=tuple(runs or ()), **given(
+        host=host, port=port, no_model=no_model, device=device, capacity=capacity, timeout_s=timeout,
+        max_tokens=max_tokens, ddb=ddb, autointerp=autointerp))
     serve(config, on_ready=lambda url: console.print(f"thinklens serve: {url}  (OpenAI base_url {url}/v1; "
                                                      "Ctrl-C stops)", highlight=False))
 

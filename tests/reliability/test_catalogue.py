@@ -135,6 +135,8 @@ CATALOGUE = [
     Case("train a run whose run.yaml is broken", ("train", "{run}", "--min-steps", "5"), r"run.yaml is not valid YAML "
          r"\(.* at line \d+, column \d+\): fix or remove it", prepare="run.yaml is broken"),
     Case("serve a directory that is no run", ("serve", "{empty}"), r"no feature database .*run `thinklens index"),
+    Case("serve nothing", ("serve",), r"nothing to serve"),
+    Case("serve a release database that is text", ("serve", "--ddb", "{file}"), r"not a readable DuckDB database"),
     Case("serve two runs of one name", ("serve", "{run}", "{run}"), r"share a directory name"),
     Case("serve on a port that does not exist", ("serve", "{run}", "--port", "70000"), r"port"),
     Case("contrast over a deleted activation shard", ("contrast", "{run}", "--a", "operator=*", "--b", "operator!=*"),

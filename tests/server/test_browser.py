@@ -115,3 +115,16 @@ def test_playground_streams_baseline_and_steered_with_the_start_marked(site, pag
     assert page.locator("#steered mark.steer-start").count() == 1
     assert page.locator("#baseline mark.steer-start").count() == 0
     assert "model=\"" in page.inner_text("#steer-model")
+
+
+def test_a_goodfire_layout_database_opens_in_the_browser(indexed_run, tmp_path, page):
+    from tests.server.test_release_ddb import make_release
+
+    ddb, autointerp = make_release(indexed_run / "features.db", tmp_path)
+    config = ServeConfig(ddb=ddb, autointerp=autointerp)
+    with live_server(config, load_served(config)) as url:
+        page.goto(f"{url}/runs/logic-1/features?sort=max_activation")
+        page.click("#feature-list tr:nth-child(2) a")
+        page.wait_for_selector("#top-examples .example .tok.at")
+        assert "claude-3-7-sonnet-latest" in page.inner_text("section.labels")
+        assert page.locator("#histogram rect").count() > 0

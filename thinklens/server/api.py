@@ -67,7 +67,8 @@ def feature(request: Request, run: str, feature_id: int,
     data["decoder_neighbours"] = served_run.decoder_neighbours(feature_id)
     data["map_point"] = next((p for p in served_run.map_points() if p.get("feature_id") == feature_id), None)
     data["other_runs"] = [other.name for other in state.runs.values()
-                          if other is not served_run and other.meta.get("sae_sha256") == served_run.meta.get("sae_sha256")
+                          if other is not served_run and served_run.meta.get("sae_sha256") is not None
+                          and other.meta.get("sae_sha256") == served_run.meta.get("sae_sha256")
                           and feature_id < other.n_features]
     data["steering"] = {"default_strength": DEFAULT_STRENGTH, "policy": "after_prefix",
                         "available": state.service is not None and state.model_run == run}

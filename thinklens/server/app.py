@@ -64,12 +64,21 @@ def load_served(config: ServeConfig) -> Served:
     for root in config.runs:
         run = ServedRun(Path(root))
         runs[run.name] = run
+    if config.ddb is not None:
+        from thinklens.server.ddb import ReleaseRun
+
+        release = ReleaseRun(config.ddb, config.autointerp)
+        if release.name in runs:
+            raise ThinklensError(f"the database {config.ddb} has the name of a served run: rename one of them")
+        runs[release.name] = release
     served = Served(config, runs)
     first = next(iter(runs.values()))
     served.model_id = str(first.meta.get("model") or "model")
     served.model_run = first.name
-    if config.no_model:
-        served.model_error = "this server runs without a model (--no-model): restart without it to generate"
+    if config.no_model or first.rundir is None:
+        served.model_error = ("this server runs without a model (--no-model): restart without it to generate"
+                              if config.no_model else "a release database comes without its model (DeepSeek-R1): "
+                              "steering and explain-text need a run directory of a model you can load")
         return served
     from thinklens.steering.from_run import open_variant
 

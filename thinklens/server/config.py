@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class ServeConfig(BaseModel):
@@ -12,8 +12,12 @@ class ServeConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    runs: tuple[Path, ...] = Field(min_length=1, description="Run directories to serve (the first one's model is "
-                                                              "the one served).")
+    runs: tuple[Path, ...] = Field(default=(), description="Run directories to serve (the first one's model is the "
+                                                           "one served).")
+    ddb: Path | None = Field(default=None, description="A DuckDB feature database in Goodfire's R1 release layout "
+                                                       "(tables tokens, activations) to browse, read-only.")
+    autointerp: Path | None = Field(default=None, description="The release's autointerp SQLite file (labels) for "
+                                                              "--ddb.")
     host: str = Field(default="127.0.0.1", description="Address to bind (localhost unless you mean to share it).")
     port: int = Field(default=8000, ge=0, le=65535, description="Port (0: any free port).")
     no_model: bool = Field(default=False, description="Serve the browser only; do not load the model.")
@@ -22,6 +26,14 @@ class ServeConfig(BaseModel):
     max_tokens: int = Field(default=512, ge=1, description="Most new tokens one request may ask for.")
     capacity: int = Field(default=4, ge=1, description="Generation requests running or waiting at once; more get 503.")
     timeout_s: float = Field(default=120.0, gt=0, description="Longest a generation request may take.")
+
+    @model_validator(mode="after")
+    def _something_to_serve(self) -> ServeConfig:
+        if not self.runs and self.ddb is None:
+            raise ValueError("nothing to serve: pass a run directory, or --ddb FILE.ddb")
+        if self.autointerp is not None and self.ddb is None:
+            raise ValueError("--autointerp labels a --ddb database: pass --ddb too")
+        return self
 
     @field_validator("runs")
     @classmethod

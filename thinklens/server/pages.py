@@ -126,8 +126,8 @@ def feature_page(request: Request, run: str, feature_id: int) -> HTMLResponse:
 @router.get("/runs/{run}/map", response_class=HTMLResponse)
 def map_page(request: Request, run: str) -> HTMLResponse:
     served_run = request.app.state.served.run(run)
-    path = served_run.rundir.map_html
-    if not path.is_file():
+    path = served_run.rundir.map_html if served_run.rundir is not None else None
+    if path is None or not path.is_file():
         raise NotFound(f"run {run} has no map: `thinklens map {run}` draws it")
     ids = [point["feature_id"] for point in served_run.map_points()]
     script = (f"<script>(() => {{ const ids = {json.dumps(ids)}; const run = {json.dumps(run)};"
@@ -142,8 +142,9 @@ def map_page(request: Request, run: str) -> HTMLResponse:
 
 @router.get("/runs/{run}/report")
 def report_page(request: Request, run: str) -> FileResponse:
-    path = request.app.state.served.run(run).rundir.report_html
-    if not path.is_file():
+    rundir = request.app.state.served.run(run).rundir
+    path = rundir.report_html if rundir is not None else None
+    if path is None or not path.is_file():
         raise NotFound(f"run {run} has no report: `thinklens report {run}` writes it")
     return FileResponse(path, media_type="text/html")
 
