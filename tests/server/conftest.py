@@ -58,11 +58,17 @@ def http(method: str, url: str, body=None, raw: bytes | None = None, timeout: fl
 
 @pytest.fixture(scope="module")
 def served_run(indexed_run, tmp_path_factory) -> Path:
-    """A copy of the tiny indexed run (tests check that serving it changes nothing)."""
+    """A copy of the tiny indexed run with one contrast (tests check that serving it changes nothing)."""
     import shutil
+
+    from thinklens.features.contrast import ContrastConfig
+    from thinklens.pipeline.contrasts import contrast_in_run
+    from thinklens.pipeline.rundir import RunDir
 
     run = tmp_path_factory.mktemp("served") / "tiny"
     shutil.copytree(indexed_run, run)
+    contrast_in_run(ContrastConfig(a="operator=*", b="operator!=*", name="mul-vs-rest", bootstrap=20), RunDir(run),
+                    progress=False)
     return run
 
 

@@ -122,3 +122,32 @@ def test_a_full_queue_answers_503_and_the_server_keeps_serving(served_state):
             assert status == 200
     finally:
         service.capacity, service._slots = original
+
+
+def test_a_contrast_direction_steers_and_its_features_sort_the_list(client, model_id, server):
+    plain = client.chat.completions.create(model=model_id, messages=QUESTION, max_tokens=12, temperature=0)
+    steered = client.chat.completions.create(model=f"{model_id}+cmul-vs-rest@40:first_token", messages=QUESTION,
+                                             max_tokens=12, temperature=0)
+    assert steered.model_extra["thinklens"]["steering"]["contrast"] == {"name": "mul-vs-rest", "strength": 40.0}
+    assert steered.model_extra["thinklens"]["steered_from_token"] == 0
+    assert steered.choices[0].message.content != plain.choices[0].message.content
+    status, page = http("GET", f"{server}/api/runs/tiny/features?sort=contrast&contrast=mul-vs-rest&limit=5")
+    assert status == 200 and page["total"] > 0
+
+
+def test_a_request_past_its_deadline_is_a_504_and_frees_its_slot(served_state):
+    config, served = served_state
+    service = served.service
+    original = service.timeout_s
+    service.timeout_s = 0.01
+    try:
+        with live_server(config, served) as url:
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+            with pytest.raises(openai.APIStatusError) as late:
+                client.chat.completions.create(model=served.model_id, messages=QUESTION, max_tokens=64)
+            assert late.value.status_code == 504 and "timed out" in str(late.value)
+            service.timeout_s = original
+            reply = client.chat.completions.create(model=served.model_id, messages=QUESTION, max_tokens=2)
+            assert reply.usage.completion_tokens == 2
+    finally:
+        service.timeout_s = original
