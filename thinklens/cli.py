@@ -65,6 +65,7 @@ def main_options(
 # when they run, so `thinklens --help` stays fast.
 from thinklens.cli_stages import stage_command  # noqa: E402
 from thinklens.distill.recipe import DistillConfig  # noqa: E402
+from thinklens.features.autointerp.run import ExplainConfig  # noqa: E402
 from thinklens.features.contrast import ContrastConfig  # noqa: E402
 from thinklens.pipeline import STAGES, RunConfig, RunDir, load_run_config  # noqa: E402
 from thinklens.pipeline import run as run_pipeline  # noqa: E402
@@ -281,6 +282,33 @@ def steer_command(
     table.add_column("steered", ratio=1)
     table.add_row(outcome.baseline, outcome.steered)
     console.print(table)
+
+
+@app.command("explain")
+@user_errors
+def explain_command(
+    run: Annotated[Path, typer.Argument(help="Run directory holding features.db.")],
+    base_url: Annotated[str, typer.Option("--base-url", help=describe(ExplainConfig, "base_url"))],
+    model: Annotated[str, typer.Option(help=describe(ExplainConfig, "model"))],
+    scorer_model: Annotated[str | None, typer.Option("--scorer-model", help=describe(ExplainConfig, "scorer_model"))]
+    = None,
+    feature: Annotated[list[int] | None, typer.Option(help="A feature to explain (repeat for several).")] = None,
+    limit: Annotated[int | None, typer.Option(help=describe(ExplainConfig, "limit"))] = None,
+    api_key_env: Annotated[str | None, typer.Option("--api-key-env", help=describe(ExplainConfig, "api_key_env"))]
+    = None,
+    concurrency: Annotated[int | None, typer.Option(help=describe(ExplainConfig, "concurrency"))] = None,
+    force: Annotated[bool | None, typer.Option("--force", help=describe(ExplainConfig, "force"))] = None,
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help=describe(ExplainConfig, "max_tokens"))] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the first explainer prompt; send nothing.")] = False,
+) -> None:
+    """Label features with an LLM (any OpenAI-compatible endpoint) and score each label on held-out examples."""
+    from thinklens.pipeline.explain import explain_in_run
+
+    config = ExplainConfig(base_url=base_url, model=model, **given(
+        scorer_model=scorer_model, features=tuple(feature) if feature else None, limit=limit, api_key_env=api_key_env,
+        concurrency=concurrency, force=force, max_tokens=max_tokens))
+    outcome = explain_in_run(config, RunDir(run), dry_run=dry_run)
+    console.print(outcome, highlight=False, markup=False) if isinstance(outcome, str) else print_result(outcome)
 
 
 # ----------------------------------------------------------------------------------- serving

@@ -63,6 +63,15 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (name, feature_id)
     ) WITHOUT ROWID;
     """,
+    # 3: scores of LLM labels (`thinklens explain`): one row per (feature, label author, scorer, method, control).
+    """
+    CREATE TABLE IF NOT EXISTS label_scores (
+        feature_id INTEGER NOT NULL, model_name TEXT NOT NULL, prompt_version TEXT NOT NULL, scorer TEXT NOT NULL,
+        method TEXT NOT NULL, control INTEGER NOT NULL, label TEXT, n INTEGER, balanced_accuracy REAL, f1 REAL,
+        auroc REAL, unparsable INTEGER NOT NULL, reply TEXT,
+        PRIMARY KEY (feature_id, model_name, prompt_version, scorer, method, control)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 

@@ -20,11 +20,11 @@ import torch
 
 from thinklens.data.segments import SEGMENT_NAMES
 from thinklens.errors import ThinklensError
+from thinklens.features.context import ContextEncoder
 from thinklens.features.db import FeatureDB, open_read_only
 from thinklens.pipeline.rundir import RunDir
 from thinklens.sae.formats import load_sae
 from thinklens.sae.sae import Sae
-from thinklens.server.context import ContextEncoder
 
 SORTS = {  # sort key → the SQL expression it orders by (descending)
     "density": "f.density",
@@ -106,7 +106,7 @@ class ServedRun:
     def context(self) -> ContextEncoder | None:
         """Exact per-token activations from the run's store and SAE, when it still holds both."""
         try:
-            return ContextEncoder.for_run(self.rundir, self.sae, self.meta.get("layer"))
+            return ContextEncoder.for_store(self.rundir.activation_store, self.sae, self.meta.get("layer"))
         except ThinklensError:
             return None
 
@@ -235,8 +235,20 @@ class ServedRun:
     def labels(self, feature_id: int) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT label, quality, interestingness, model_name, prompt_version FROM autointerp "
                                "WHERE feature_id = ?", (feature_id,))
-        return [{"label": label, "quality": quality, "interestingness": interest, "model_name": model,
-                 "prompt_version": version} for label, quality, interest, model, version in rows]
+        labels = [{"label": label, "quality": quality, "interestingness": interest, "model_name": model,
+                   "prompt_version": version, "scores": []} for label, quality, interest, model, version in rows]
+        try:
+            scores = self.db.execute(
+                "SELECT model_name, scorer, method, control, balanced_accuracy, f1, auroc, n, unparsable "
+                "FROM label_scores WHERE feature_id = ? ORDER BY control, method", (feature_id,)).fetchall()
+        except sqlite3.OperationalError:  # a database from before `explain` existed
+            scores = []
+        for label in labels:
+            label["scores"] = [{"scorer": scorer, "method": method, "control": bool(control), "balanced_accuracy": ba,
+                                "f1": f1, "auroc": auroc, "n": n, "unparsable": bool(bad)}
+                               for model, scorer, method, control, ba, f1, auroc, n, bad in scores
+                               if model == label["model_name"]]
+        return labels
 
     def histogram(self, feature_id: int) -> dict[str, list[float]]:
         row = self.db.execute("SELECT edges, counts FROM histograms WHERE feature_id = ?", (feature_id,)).fetchone()

@@ -1,9 +1,10 @@
-"""Exact per-token activations of one feature over an example's context, from the run's own store.
+"""Exact per-token activations of one feature over an example's context, from a run's own store.
 
 features.db keeps a feature's strongest tokens, not its value on their neighbours. Where the run
 still holds `activations/` and `sae/`, the context window's residual vectors are read from the
 memory-mapped shard and encoded with the SAE exactly as `index` encoded them (threshold mode): a
-page shows the feature's true value on every token, as Neuronpedia does. Nothing is written.
+page shows the feature's true value on every token, as Neuronpedia does, and `explain` knows which
+contexts truly do not fire. Nothing is written.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import torch
 
 from thinklens.activations.store import ActivationStore, ShardInfo, from_storage
 from thinklens.errors import ThinklensError
-from thinklens.pipeline.rundir import RunDir
 from thinklens.sae.sae import Sae
 
 OPEN_SHARDS = 64
@@ -38,11 +38,10 @@ class ContextEncoder:
         return self.sae.config.arch == "relu" or (self.sae.config.arch != "topk" and float(self.sae.threshold) >= 0)
 
     @classmethod
-    def for_run(cls, rundir: RunDir, sae: Sae | None, layer: int | None) -> ContextEncoder | None:
-        """The encoder of a run that still holds its activations and SAE, else None."""
-        if sae is None or not rundir.activation_store.exists():
+    def for_store(cls, store: ActivationStore, sae: Sae | None, layer: int | None) -> ContextEncoder | None:
+        """The encoder of a store with the SAE's layer (or `layer`, for an SAE that names none), else None."""
+        if sae is None or not store.exists():
             return None
-        store = rundir.activation_store
         chosen = sae.config.layer if sae.config.layer is not None else layer
         if chosen not in store.layers or sae.config.d_in != store.d_model:
             return None

@@ -1,0 +1,207 @@
+"""`thinklens explain`: the parsers and metrics on hand-written replies, and the whole loop against a
+live `thinklens serve` over HTTP (the tiny model: its answers are noise, so the unparsable paths run)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.server.conftest import live_server
+from thinklens.cli import app
+from thinklens.errors import ThinklensError
+from thinklens.features.autointerp.replies import (
+    Unparsable,
+    parse_explanation,
+    parse_predictions,
+    score_predictions,
+)
+from thinklens.features.autointerp.run import PROMPT_VERSION, ExplainConfig
+from thinklens.pipeline.explain import explain_in_run
+from thinklens.pipeline.rundir import RunDir
+from thinklens.server.app import load_served
+from thinklens.server.config import ServeConfig
+
+
+def test_explanations_are_read_from_loose_replies():
+    reply = 'Sure! Here it is: {"label": "Operator after a number", "description": "fires on + and ×.", ' \
+            '"interestingness": 1.7} Hope this helps.'
+    explanation = parse_explanation(reply)
+    assert (explanation.label, explanation.interestingness) == ("Operator after a number", 1.0)  # clipped to [0, 1]
+    assert parse_explanation('<think>{"x": 1}</think> {"label": "Wait"}').label == "Wait"
+    for bad in ("no json here", '{"label": ""}', "{broken"):
+        with pytest.raises(Unparsable):
+            parse_explanation(bad)
+
+
+def test_predictions_are_read_and_checked():
+    assert parse_predictions("Answer: [0, 1, 0.5, true]", 4) == [0.0, 1.0, 0.5, 1.0]
+    assert parse_predictions("[1, 2] then [0.1, 0.9]", 2) == [0.1, 0.9]  # the first list of the right shape
+    for bad, n in (("[0, 1]", 3), ("[0, 1.5, 0]", 3), ("yes, no, yes", 3), ("[NaN, 0, 1]", 3)):
+        with pytest.raises(Unparsable):
+            parse_predictions(bad, n)
+
+
+def test_scores_worked_example():
+    # truth: 3 firing, 3 not. predictions ≥ 0.5: hits 2 of 3, one false alarm.
+    scores = score_predictions([0.9, 0.8, 0.2, 0.7, 0.1, 0.0], [1, 1, 1, 0, 0, 0])
+    assert scores.balanced_accuracy == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert scores.f1 == pytest.approx(2 * 2 / (3 + 3))
+    # AUROC: of 9 (positive, negative) pairs the positive ranks higher in 8 (only 0.2 < 0.7 is lost)
+    assert scores.auroc == pytest.approx(8 / 9)
+    assert score_predictions([1, 1, 0, 0], [1, 1, 0, 0]).balanced_accuracy == 1.0
+    assert score_predictions([1, 1, 1, 1], [1, 1, 0, 0]).auroc is None  # no ranking to judge
+    with pytest.raises(ValueError):
+        score_predictions([1, 0], [1, 1])
+
+
+@pytest.fixture(scope="module")
+def endpoint(indexed_run, tiny_models, tmp_path_factory):
+    """A live `thinklens serve` of the tiny run: the explainer and scorer, over HTTP. Its model is the tiny
+    Llama with a 4k context (the same weights: RoPE has no position table), as prompts with examples are long."""
+    import json
+
+    root = tmp_path_factory.mktemp("endpoint")
+    model = root / "llama-4k"
+    shutil.copytree(tiny_models["llama"], model)
+    config_file = model / "config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "max_position_embeddings": 4096}))
+    served = root / "tiny"
+    shutil.copytree(indexed_run, served)
+    meta_file = served / "traces" / "_meta.json"
+    meta = json.loads(meta_file.read_text())
+    meta["identity"]["model"]["model"] = str(model)
+    meta_file.write_text(json.dumps(meta))
+    config = ServeConfig(runs=(served,), max_tokens=64, capacity=8)
+    state = load_served(config)
+    with live_server(config, state) as url:
+        yield f"{url}/v1", state.model_id
+
+
+@pytest.fixture
+def run(indexed_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(indexed_run, copy)
+    return copy
+
+
+def _rows(run, query):
+    with sqlite3.connect(run / "features.db") as connection:
+        return connection.execute(query).fetchall()
+
+
+@pytest.mark.integration
+def test_explain_against_a_live_endpoint_writes_rows_and_resumes(endpoint, run):
+    url, model = endpoint
+    config = ExplainConfig(base_url=url, model=model, limit=2, concurrency=2, shown=3, held_out=3, window=8,
+                           max_tokens=24)
+    first = explain_in_run(config, RunDir(run), progress=False)
+    assert "explained 2 features" in first.lines[0]
+    scored = _rows(run, f"SELECT feature_id, method, control, unparsable FROM label_scores "
+                        f"WHERE prompt_version = '{PROMPT_VERSION}'")
+    assert len({row[0] for row in scored}) == 2  # every feature has a record: its scores, or why there are none
+    more = explain_in_run(config.model_copy(update={"limit": 4}), RunDir(run), progress=False)
+    assert "explained 2 features (2 already labelled were kept)" in more.lines[0]  # only the two new ones
+    again = explain_in_run(config.model_copy(update={"limit": 4}), RunDir(run), progress=False)
+    assert again.skipped and "explained 0 features" in again.lines[0]
+
+
+@pytest.mark.integration
+def test_labels_of_another_model_are_kept_unless_forced(endpoint, run):
+    url, model = endpoint
+    with sqlite3.connect(run / "features.db") as connection:
+        busiest = connection.execute("SELECT feature_id FROM features ORDER BY firing_count DESC LIMIT 1").fetchone()[0]
+        connection.execute("INSERT OR REPLACE INTO autointerp VALUES (?, 'a careful label', '[]', '[]', 0.9, 0.5, "
+                           "'claude-3-7-sonnet-latest', 'v0-dev')", (busiest,))
+    config = ExplainConfig(base_url=url, model=model, features=(busiest,), shown=3, held_out=3, window=8,
+                           max_tokens=16)
+    kept = explain_in_run(config, RunDir(run), progress=False)
+    assert kept.skipped and _rows(run, f"SELECT label FROM autointerp WHERE feature_id = {busiest}") == [
+        ("a careful label",)]
+    explain_in_run(config.model_copy(update={"force": True}), RunDir(run), progress=False)
+    assert _rows(run, f"SELECT count(*) FROM label_scores WHERE feature_id = {busiest}")[0][0] >= 1
+
+
+@pytest.mark.integration
+def test_bad_endpoints_are_one_line_errors(endpoint, run):
+    url, model = endpoint
+    with pytest.raises(ThinklensError, match="cannot reach http://127.0.0.1:9/v1"):
+        explain_in_run(ExplainConfig(base_url="http://127.0.0.1:9/v1", model=model, limit=1, max_retries=0),
+                       RunDir(run), progress=False)
+    with pytest.raises(ThinklensError, match="rejected the request: unknown model 'gpt-4'"):
+        explain_in_run(ExplainConfig(base_url=url, model="gpt-4", limit=1, max_tokens=8), RunDir(run), progress=False)
+    with pytest.raises(ThinklensError, match="no stored examples"):
+        explain_in_run(ExplainConfig(base_url=url, model=model, features=(10**6,)), RunDir(run), progress=False)
+
+
+@pytest.mark.integration
+def test_dry_run_prints_the_first_prompt_and_sends_nothing(run):
+    result = CliRunner().invoke(app, ["explain", str(run), "--base-url", "http://127.0.0.1:9/v1", "--model", "m",
+                                      "--limit", "1", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "<<" in result.output and '"label"' in result.output and "logit lens" in result.output
+
+
+@pytest.mark.integration
+def test_a_killed_explain_resumes_to_the_rows_of_an_uninterrupted_one(endpoint, run, tmp_path, monkeypatch):
+    from tests.reliability.test_kill_windows import _die_on_call, _Killed
+    from thinklens.features.autointerp import run as explain_module
+
+    url, model = endpoint
+    config = ExplainConfig(base_url=url, model=model, limit=10, concurrency=2, max_tokens=48)
+    whole = tmp_path / "whole"
+    shutil.copytree(run, whole)
+    explain_in_run(config, RunDir(whole), progress=False)
+    with monkeypatch.context() as patch:
+        _die_on_call(patch, explain_module, "_commit", 4)  # killed right after the 4th feature's commit
+        with pytest.raises(_Killed):
+            explain_in_run(config, RunDir(run), progress=False)
+    query = "SELECT count(DISTINCT feature_id) FROM label_scores"
+    assert _rows(run, query)[0][0] == 4
+    resumed = explain_in_run(config, RunDir(run), progress=False)
+    assert "explained 6 features (4 already labelled were kept)" in resumed.lines[0]
+    everything = "SELECT * FROM label_scores ORDER BY feature_id, method, control"
+    assert _rows(run, everything) == _rows(whole, everything)
+    labels = "SELECT * FROM autointerp ORDER BY feature_id"
+    assert _rows(run, labels) == _rows(whole, labels)
+
+
+@pytest.mark.integration
+def test_the_scorer_is_asked_over_http_and_a_malformed_answer_is_retried_once(endpoint, run):
+    from thinklens.features.autointerp.client import ChatClient
+    from thinklens.features.autointerp.examples import ExampleSource
+    from thinklens.features.autointerp.replies import Explanation
+    from thinklens.features.autointerp.run import _score_both
+    from thinklens.features.db import open_read_only
+
+    url, model = endpoint
+    source = ExampleSource(open_read_only(run / "features.db"), window=8)
+    busiest = _rows(run, "SELECT feature_id FROM features ORDER BY firing_count DESC LIMIT 1")[0][0]
+    examples = source.examples(busiest, shown=3, held_out=3)
+    assert examples.held_out and len(examples.negatives) == len(examples.held_out)
+    assert all(not window.fires for window in examples.negatives) and all(w.fires for w in examples.held_out)
+    client = ChatClient(url, model, max_tokens=24)
+    outcome = _score_both(client, examples, Explanation("digits", "numbers", None), Explanation("x", "y", None), 0)
+    assert set(outcome) == {False, True}  # the label, and the shuffled control
+    assert outcome[False][1] == "digits" and outcome[True][1] == "x"
+    for scores, _label, reply in outcome.values():
+        assert scores is None and reply is not None  # the tiny model's answer is no list: recorded as such
+    assert client.usage.requests == 4 and client.usage.completion_tokens > 0  # each asked twice
+
+
+def test_a_feature_page_shows_a_labels_scores(run):
+    from thinklens.features.schema import migrate
+    from thinklens.server.catalog import ServedRun
+
+    with sqlite3.connect(run / "features.db") as connection:
+        migrate(connection)
+        connection.execute("INSERT OR REPLACE INTO autointerp VALUES (0, 'digits', '[]', '[]', 0.75, 0.5, 'big-model', "
+                           "?)", (PROMPT_VERSION,))
+        for control, accuracy in ((0, 0.75), (1, 0.5)):
+            connection.execute("INSERT INTO label_scores VALUES (0, 'big-model', ?, 'big-model', 'detection', ?, "
+                               "'digits', 16, ?, 0.7, 0.8, 0, '[...]')", (PROMPT_VERSION, control, accuracy))
+    (label,) = ServedRun(run).labels(0)
+    assert label["quality"] == 0.75 and [s["balanced_accuracy"] for s in label["scores"]] == [0.75, 0.5]
+    assert [s["control"] for s in label["scores"]] == [False, True]
