@@ -8,7 +8,6 @@ the steering applied, and the completion token (and character) it started at.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from thinklens.errors import ThinklensError
-from thinklens.server.api import MAX_ID, check_steering
+from thinklens.server.api import MAX_ID, _check_length, _sse, check_steering
 from thinklens.server.generation import Delta, Finished, GenerationJob
 from thinklens.server.steering_request import Steering, parse_model_name
 
@@ -84,9 +83,7 @@ def _job(request: Request, body: _Common, sent: str, **what: Any) -> GenerationJ
     steering = body.steering or parse_model_name(body.model, state.model_id)
     max_tokens = body.max_completion_tokens or body.max_tokens or min(256, state.config.max_tokens)
     check_steering(state, state.run(state.model_run), steering, max_tokens)
-    if len(sent) > state.config.max_text_chars:
-        raise ThinklensError(f"the prompt's {len(sent)} characters are above this server's bound "
-                             f"{state.config.max_text_chars}")
+    _check_length(state, sent, "the prompt")
     return GenerationJob(steering=steering, max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
                          seed=body.seed or 0, **what)
 
@@ -149,7 +146,3 @@ def _usage(result: Finished) -> dict[str, int]:
 def _extra(steering: dict[str, Any], result: Finished) -> dict[str, Any]:
     return {"steering": steering, "steered_from_token": result.steered_from_token,
             "steered_from_char": result.steered_from_char}
-
-
-def _sse(data: dict[str, Any]) -> str:
-    return f"data: {json.dumps(data)}\n\n"
