@@ -71,6 +71,21 @@ class FeatureView:
     examples: list[Example] = field(default_factory=list)
 
 
+CONTEXT_QUERY = """
+SELECT t.token_idx, v.decoded_token, t.segment, coalesce(a.strength, 0)
+FROM token_ids t JOIN vocab v ON v.token = t.token
+LEFT JOIN activations a ON a.feature_id = ? AND a.sequence_id = t.sequence_id AND a.token_idx = t.token_idx
+WHERE t.sequence_id = ? AND t.token_idx BETWEEN ? AND ? ORDER BY t.token_idx
+"""
+
+
+def context_tokens(connection: sqlite3.Connection, feature_id: int, sequence_id: int, first: int,
+                   last: int) -> list[tuple[int, str, int, float]]:
+    """(token_idx, decoded_token, segment, the feature's stored activation or 0) of a sequence's tokens
+    first..last: an example's context as the database holds it."""
+    return connection.execute(CONTEXT_QUERY, (feature_id, sequence_id, first, last)).fetchall()
+
+
 def open_read_only(path: Path) -> sqlite3.Connection:
     """A read-only SQLite connection to `path`, whatever characters its name holds (`#` and `?` end the
     path part of a URI unless quoted)."""

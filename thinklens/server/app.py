@@ -11,7 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 from collections.abc import Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -36,7 +36,6 @@ class Served:
     model_id: str = "model"
     model_error: str | None = None  # why there is no model, for the pages that need it
     model_run: str | None = None  # the run whose model and SAE generation uses
-    extra: dict = field(default_factory=dict)
 
     def run(self, name: str) -> ServedRun:
         run = self.runs.get(name)

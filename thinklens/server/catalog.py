@@ -21,7 +21,7 @@ import torch
 from thinklens.data.segments import SEGMENT_NAMES
 from thinklens.errors import ThinklensError
 from thinklens.features.context import ContextEncoder
-from thinklens.features.db import FeatureDB, open_read_only
+from thinklens.features.db import FeatureDB, context_tokens, open_read_only
 from thinklens.pipeline.rundir import RunDir
 from thinklens.sae.formats import load_sae
 from thinklens.sae.sae import Sae
@@ -265,13 +265,7 @@ class ServedRun:
             if self.context is not None else []
         examples = []
         for rank, (sequence_id, token_idx, strength) in enumerate(stored):
-            tokens = self.db.execute(
-                """SELECT t.token_idx, v.decoded_token, t.segment, coalesce(a.strength, 0)
-                   FROM token_ids t JOIN vocab v ON v.token = t.token
-                   LEFT JOIN activations a ON a.feature_id = ? AND a.sequence_id = t.sequence_id
-                                            AND a.token_idx = t.token_idx
-                   WHERE t.sequence_id = ? AND t.token_idx BETWEEN ? AND ? ORDER BY t.token_idx""",
-                (feature_id, sequence_id, token_idx - half, token_idx + half)).fetchall()
+            tokens = context_tokens(self.db, feature_id, sequence_id, token_idx - half, token_idx + half)
             values = exact[rank] if rank < len(exact) else {}
             examples.append({"sequence_id": sequence_id, "token_idx": token_idx, "strength": strength,
                              "exact": bool(values),

@@ -81,7 +81,6 @@ class GenerationService:
         self._contrast_dir = contrast_dir  # name → RunDir's directory of that contrast
         self._slots = threading.BoundedSemaphore(capacity)
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="thinklens-generate")
-        self.context_length = variant.loaded.context_length if hasattr(variant.loaded, "context_length") else None
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)

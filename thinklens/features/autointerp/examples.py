@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from thinklens.features.context import ContextEncoder
+from thinklens.features.db import context_tokens
 from thinklens.sae.sae import Sae
 
 
@@ -72,15 +73,10 @@ class ExampleSource:
             if self.context is not None else [{} for _ in centres]
         windows = []
         for (sequence_id, token_idx), values in zip(centres, exact, strict=True):
-            rows = self.connection.execute(
-                """SELECT t.token_idx, v.decoded_token, coalesce(a.strength, 0) FROM token_ids t
-                   JOIN vocab v ON v.token = t.token
-                   LEFT JOIN activations a ON a.feature_id = ? AND a.sequence_id = t.sequence_id
-                                            AND a.token_idx = t.token_idx
-                   WHERE t.sequence_id = ? AND t.token_idx BETWEEN ? AND ? ORDER BY t.token_idx""",
-                (feature_id, sequence_id, token_idx - self.half, token_idx + self.half)).fetchall()
-            windows.append(Window(sequence_id, token_idx, tuple(text for _, text, _ in rows),
-                                  tuple(values.get(idx, stored) if values else stored for idx, _, stored in rows)))
+            rows = context_tokens(self.connection, feature_id, sequence_id, token_idx - self.half,
+                                  token_idx + self.half)
+            windows.append(Window(sequence_id, token_idx, tuple(text for _, text, _, _ in rows),
+                                  tuple(values.get(idx, stored) if values else stored for idx, _, _, stored in rows)))
         return windows
 
     def _negatives(self, feature_id: int, n: int, own: set[tuple[int, int]]) -> list[Window]:
