@@ -299,6 +299,8 @@ def explain_command(
     concurrency: Annotated[int | None, typer.Option(help=describe(ExplainConfig, "concurrency"))] = None,
     force: Annotated[bool | None, typer.Option("--force", help=describe(ExplainConfig, "force"))] = None,
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help=describe(ExplainConfig, "max_tokens"))] = None,
+    prompt: Annotated[str | None, typer.Option(help=describe(ExplainConfig, "prompt"))] = None,
+    scoring: Annotated[str | None, typer.Option(help=describe(ExplainConfig, "scoring"))] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the first explainer prompt; send nothing.")] = False,
 ) -> None:
     """Label features with an LLM (any OpenAI-compatible endpoint) and score each label on held-out examples."""
@@ -306,9 +308,10 @@ def explain_command(
 
     config = ExplainConfig(base_url=base_url, model=model, **given(
         scorer_model=scorer_model, features=tuple(feature) if feature else None, limit=limit, api_key_env=api_key_env,
-        concurrency=concurrency, force=force, max_tokens=max_tokens))
+        concurrency=concurrency, force=force, max_tokens=max_tokens, prompt=prompt, scoring=scoring))
     outcome = explain_in_run(config, RunDir(run), dry_run=dry_run)
-    console.print(outcome, highlight=False, markup=False) if isinstance(outcome, str) else print_result(outcome)
+    console.print(outcome, highlight=False, markup=False, soft_wrap=True) if isinstance(outcome, str) else \
+        print_result(outcome)
 
 
 # ----------------------------------------------------------------------------------- serving
@@ -318,6 +321,7 @@ def serve_command(
     runs: Annotated[list[Path] | None, typer.Argument(help=describe(ServeConfig, "runs"))] = None,
     host: Annotated[str | None, typer.Option(help=describe(ServeConfig, "host"))] = None,
     port: Annotated[int | None, typer.Option(help=describe(ServeConfig, "port"))] = None,
+    model: Annotated[str | None, typer.Option(help=describe(ServeConfig, "model"))] = None,
     no_model: Annotated[bool | None, typer.Option("--no-model", help=describe(ServeConfig, "no_model"))] = None,
     device: Annotated[str | None, typer.Option(help=describe(ServeConfig, "device"))] = None,
     capacity: Annotated[int | None, typer.Option(help=describe(ServeConfig, "capacity"))] = None,
@@ -330,7 +334,7 @@ def serve_command(
     from thinklens.server import serve
 
     config = ServeConfig(runs=tuple(runs or ()), **given(
-        host=host, port=port, no_model=no_model, device=device, capacity=capacity, timeout_s=timeout,
+        host=host, port=port, model=model, no_model=no_model, device=device, capacity=capacity, timeout_s=timeout,
         max_tokens=max_tokens, ddb=ddb, autointerp=autointerp))
     serve(config, on_ready=lambda url: console.print(f"thinklens serve: {url}  (OpenAI base_url {url}/v1; "
                                                      "Ctrl-C stops)", highlight=False))

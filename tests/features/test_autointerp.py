@@ -3,6 +3,7 @@ live `thinklens serve` over HTTP (the tiny model: its answers are noise, so the 
 
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 
@@ -34,6 +35,12 @@ def test_explanations_are_read_from_loose_replies():
     for bad in ("no json here", '{"label": ""}', "{broken"):
         with pytest.raises(Unparsable):
             parse_explanation(bad)
+    nested = '{\n "label": "JSON",\n "data": {"type": "json"}} and {"label": "digits"}'
+    assert parse_explanation(nested).label == "JSON"  # a nested object is read whole
+    template = 'Reply as JSON: {"label": "<at most 8 words>"}'
+    assert parse_explanation(nested, template).label == "digits"  # an echo of the prompt is no label
+    with pytest.raises(Unparsable, match="echoes the prompt"):
+        parse_explanation('{"label": "<at most 8 words>"}', template)
 
 
 def test_predictions_are_read_and_checked():
@@ -42,6 +49,19 @@ def test_predictions_are_read_and_checked():
     for bad, n in (("[0, 1]", 3), ("[0, 1.5, 0]", 3), ("yes, no, yes", 3), ("[NaN, 0, 1]", 3)):
         with pytest.raises(Unparsable):
             parse_predictions(bad, n)
+
+
+def test_yes_probability_from_top_logprobs_or_the_word():
+    import math
+
+    from thinklens.features.autointerp.replies import yes_probability
+
+    top = [("No", math.log(0.5)), (" yes", math.log(0.2)), ("Yes", math.log(0.1)), ("Paris", math.log(0.1))]
+    assert yes_probability("No", top) == pytest.approx(0.3 / 0.8)  # the yes mass of every spelling, renormalised
+    assert yes_probability("Yes, it does.", None) == 1.0 and yes_probability("  no.", []) == 0.0
+    assert yes_probability("No", [("Paris", -0.1)]) == 0.0  # no yes/no among the alternatives: the word
+    with pytest.raises(Unparsable):
+        yes_probability("Maybe", [("Maybe", -0.1)])
 
 
 def test_scores_worked_example():
@@ -57,11 +77,48 @@ def test_scores_worked_example():
         score_predictions([1, 0], [1, 1])
 
 
+def test_marks_merge_runs_and_fuzzing_moves_them_to_quiet_tokens():
+    import random
+
+    from thinklens.features.autointerp.examples import FeatureExamples, Window
+    from thinklens.features.autointerp.run import scoring_tasks
+
+    window = Window(0, 2, ("a", " b", " c", " d", " e"), (0.0, 2.0, 1.0, 0.0, 3.0))
+    assert window.text(marked=True) == "a<< b c>> d<< e>>" and window.text() == "a b c d e"
+    fuzzed = window.fuzzed(random.Random(0))
+    assert fuzzed.tokens == window.tokens and sum(v > 0 for v in fuzzed.activations) == 2  # as many marks…
+    assert all(v == 0 for v, was in zip(fuzzed.activations, window.activations, strict=True) if was > 0)  # …elsewhere
+    assert Window(0, 0, ("x",), (1.0,)).fuzzed(random.Random(0)) is None  # nowhere quiet to move a mark to
+    quiet = [Window(9, i, ("q", " r"), (0.0, 0.0)) for i in range(4)]
+    held = [Window(1, i, ("a", " b", " c"), (0.0, float(i + 1), 0.0)) for i in range(4)]
+    detection, fuzzing = scoring_tasks(FeatureExamples([], held, quiet), seed=3)
+    assert (detection.method, sorted(detection.truth), detection.marked) == ("detection", [0] * 4 + [1] * 4, False)
+    assert fuzzing.method == "fuzzing" and fuzzing.marked and sorted(fuzzing.truth) == [0, 0, 1, 1]
+    for shown, right in zip(fuzzing.windows, fuzzing.truth, strict=True):  # right ones are held[0::2] as they are
+        assert (shown in held[0::2]) == bool(right) and (shown.activations[1] > 0) == bool(right)
+
+
+def test_the_default_sample_is_random_sparse_first_and_grows_by_extension(indexed_run):
+    from thinklens.features.autointerp.run import _sample
+    from thinklens.features.db import open_read_only
+
+    reader = open_read_only(indexed_run / "features.db")
+    live = dict(reader.execute("SELECT feature_id, density FROM features WHERE firing_count > 0").fetchall())
+    config = ExplainConfig(base_url="http://x/v1", model="m", limit=6, max_density=sorted(live.values())[3])
+    six = _sample(reader, config)
+    assert len(six) == 6 == len(set(six)) and set(six) <= set(live)
+    sparse = {f for f, density in live.items() if density <= config.max_density}
+    everything = _sample(reader, config.model_copy(update={"limit": len(live)}))
+    assert len(sparse) >= 4 and set(everything[: len(sparse)]) == sparse  # the sparse ones first, then the rest
+    assert [live[f] for f in everything[len(sparse):]] == sorted(live[f] for f in everything[len(sparse):])
+    assert _sample(reader, config.model_copy(update={"limit": 9}))[:6] == six
+    assert _sample(reader, config.model_copy(update={"seed": 1})) != six or len(live) <= 6
+
+
 @pytest.fixture(scope="module")
 def endpoint(indexed_run, tiny_models, tmp_path_factory):
     """A live `thinklens serve` of the tiny run: the explainer and scorer, over HTTP. Its model is the tiny
     Llama with a 4k context (the same weights: RoPE has no position table), as prompts with examples are long."""
-    import json
 
     root = tmp_path_factory.mktemp("endpoint")
     model = root / "llama-4k"
@@ -173,7 +230,7 @@ def test_the_scorer_is_asked_over_http_and_a_malformed_answer_is_retried_once(en
     from thinklens.features.autointerp.client import ChatClient
     from thinklens.features.autointerp.examples import ExampleSource
     from thinklens.features.autointerp.replies import Explanation
-    from thinklens.features.autointerp.run import _score_both
+    from thinklens.features.autointerp.run import _score_all
     from thinklens.features.db import open_read_only
 
     url, model = endpoint
@@ -183,12 +240,14 @@ def test_the_scorer_is_asked_over_http_and_a_malformed_answer_is_retried_once(en
     assert examples.held_out and len(examples.negatives) == len(examples.held_out)
     assert all(not window.fires for window in examples.negatives) and all(w.fires for w in examples.held_out)
     client = ChatClient(url, model, max_tokens=24)
-    outcome = _score_both(client, examples, Explanation("digits", "numbers", None), Explanation("x", "y", None), 0)
-    assert set(outcome) == {False, True}  # the label, and the shuffled control
-    assert outcome[False][1] == "digits" and outcome[True][1] == "x"
+    outcome = _score_all(client, examples, Explanation("digits", "numbers", None), Explanation("x", "y", None), 0)
+    methods = {method for method, _ in outcome}
+    assert set(outcome) == {(method, control) for method in methods for control in (False, True)}
+    assert "detection" in methods  # fuzzing too where a held-out example has quiet tokens to move marks to
+    assert outcome["detection", False][1] == "digits" and outcome["detection", True][1] == "x"
     for scores, _label, reply in outcome.values():
-        assert scores is None and reply is not None  # the tiny model's answer is no list: recorded as such
-    assert client.usage.requests == 4 and client.usage.completion_tokens > 0  # each asked twice
+        assert scores is None and reply  # the tiny model's answer is no list: recorded as such, with the reply
+    assert client.usage.requests == 2 * len(outcome) and client.usage.completion_tokens > 0  # each asked twice
 
 
 def test_a_feature_page_shows_a_labels_scores(run):
@@ -205,3 +264,34 @@ def test_a_feature_page_shows_a_labels_scores(run):
     (label,) = ServedRun(run).labels(0)
     assert label["quality"] == 0.75 and [s["balanced_accuracy"] for s in label["scores"]] == [0.75, 0.5]
     assert [s["control"] for s in label["scores"]] == [False, True]
+
+
+@pytest.mark.slow
+def test_smollm2_served_alone_scores_each_example_from_its_log_probabilities(run):
+    """The real embedded model behind `serve --model smollm2`: its yes/no answers' top log-probabilities give
+    every example a probability (so AUROC exists), and a whole compact/each run writes a record per feature."""
+    from thinklens.features.autointerp.client import ChatClient
+    from thinklens.features.autointerp.examples import ExampleSource
+    from thinklens.features.autointerp.replies import Explanation
+    from thinklens.features.autointerp.run import _score_all
+    from thinklens.features.db import open_read_only
+
+    config = ServeConfig(model="smollm2", device="cpu", max_tokens=64, capacity=8)
+    with live_server(config, load_served(config)) as url:
+        source = ExampleSource(open_read_only(run / "features.db"), window=8)
+        busiest = _rows(run, "SELECT feature_id FROM features ORDER BY firing_count DESC LIMIT 1")[0][0]
+        client = ChatClient(f"{url}/v1", "smollm2")
+        outcome = _score_all(client, source.examples(busiest, shown=3, held_out=4), Explanation("digits", "", None),
+                             Explanation("names of people", "", None), 0, scoring="each")
+        assert ("detection", False) in outcome and ("detection", True) in outcome
+        for scores, _label, reply in outcome.values():
+            probabilities = json.loads(reply)
+            assert scores is not None and len(probabilities) == scores.n and all(0 < p < 1 for p in probabilities)
+            assert scores.auroc is not None  # real probabilities rank; a word answer (0/1) often would not
+        explain = ExplainConfig(base_url=f"{url}/v1", model="smollm2", limit=2, shown=4, held_out=4, window=8,
+                                max_tokens=40, prompt="compact", scoring="each")
+        result = explain_in_run(explain, RunDir(run), progress=False)
+    assert "explained 2 features" in result.lines[0]
+    rows = _rows(run, f"SELECT feature_id, method, reply FROM label_scores WHERE prompt_version = "
+                      f"'{PROMPT_VERSION}-compact-each'")
+    assert len({row[0] for row in rows}) == 2 and all(row[2] for row in rows)  # every record keeps its reply

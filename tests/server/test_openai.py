@@ -151,3 +151,26 @@ def test_a_request_past_its_deadline_is_a_504_and_frees_its_slot(served_state):
             assert reply.usage.completion_tokens == 2
     finally:
         service.timeout_s = original
+
+
+def test_log_probabilities_come_in_openai_shapes(client, model_id):
+    reply = client.chat.completions.create(model=model_id, messages=QUESTION, max_tokens=6, temperature=0,
+                                           logprobs=True, top_logprobs=3)
+    tokens = reply.choices[0].logprobs.content
+    assert len(tokens) == reply.usage.completion_tokens == 6
+    for token in tokens:
+        alternatives = [alt.logprob for alt in token.top_logprobs]
+        assert len(alternatives) == 3 and alternatives == sorted(alternatives, reverse=True) and alternatives[0] <= 0
+        # greedy: the chosen token is the likeliest one, with the same log-probability
+        assert token.top_logprobs[0].token == token.token and token.top_logprobs[0].logprob == pytest.approx(token.logprob)
+        assert token.bytes == list(token.token.encode())
+    plain = client.chat.completions.create(model=model_id, messages=QUESTION, max_tokens=6, temperature=0)
+    assert plain.choices[0].logprobs is None and plain.choices[0].message.content == reply.choices[0].message.content
+    legacy = client.completions.create(model=model_id, prompt="1 + 1 =", max_tokens=4, temperature=0, logprobs=2)
+    shape = legacy.choices[0].logprobs
+    assert len(shape.tokens) == len(shape.token_logprobs) == len(shape.top_logprobs) == len(shape.text_offset) == 4
+    assert all(len(top) <= 2 and max(top.values()) == pytest.approx(lp)
+               for top, lp in zip(shape.top_logprobs, shape.token_logprobs, strict=True))
+    for bad in ({"stream": True, "logprobs": True}, {"top_logprobs": 2}, {"logprobs": True, "top_logprobs": 21}):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model=model_id, messages=QUESTION, max_tokens=2, **bad)

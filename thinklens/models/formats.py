@@ -7,6 +7,8 @@
   inside `<think>…</think>` and then an answer; generation starts inside the think block after a
   forced opening, "Okay, so" by default: instruct models do not write the reasoning models' opening
   by themselves, and without it their traces have no prefix to study or to steer after.
+- `chat`: an instruct model as it ships: its own template, no thinking. Not for traces (there is no
+  thinking to study); for a model that does another job, such as `serve --model` for an explainer.
 
 `detect_format` picks one from the tokenizer's chat template and special tokens.
 """
@@ -19,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from thinklens.errors import ThinklensError
 
-FormatName = Literal["r1", "qwen3", "think"]
-FORMAT_NAMES: tuple[str, ...] = ("r1", "qwen3", "think")
+FormatName = Literal["r1", "qwen3", "think", "chat"]
+FORMAT_NAMES: tuple[str, ...] = ("r1", "qwen3", "think", "chat")
 
 THINK_FORCED_OPENING = "Okay, so"
 THINK_INSTRUCTION = (
@@ -34,7 +36,7 @@ class ReasoningFormat(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    name: FormatName = Field(description="r1, qwen3 or think.")
+    name: FormatName = Field(description="r1, qwen3, think or chat.")
     open_tag: str = Field(default="<think>", description="Text that opens the thinking.")
     close_tag: str = Field(default="</think>", description="Text that closes the thinking.")
     forced_opening: str = Field(
@@ -44,8 +46,9 @@ class ReasoningFormat(BaseModel):
 
     @property
     def opens_in_prompt(self) -> bool:
-        """Whether the rendered prompt already contains the open tag (r1, think) or the model writes it (qwen3)."""
-        return self.name != "qwen3"
+        """Whether the rendered prompt already contains the open tag (r1, think); in qwen3 the model writes it,
+        and chat has none."""
+        return self.name in ("r1", "think")
 
 
 def make_format(name: str, forced_opening: str | None = None, system_prompt: str | None = None) -> ReasoningFormat:
@@ -54,7 +57,7 @@ def make_format(name: str, forced_opening: str | None = None, system_prompt: str
         raise ThinklensError(f"unknown reasoning format '{name}': use one of {', '.join(FORMAT_NAMES)}")
     if forced_opening is None:
         forced_opening = THINK_FORCED_OPENING if name == "think" else ""
-    if forced_opening and name == "qwen3":
+    if forced_opening and name in ("qwen3", "chat"):
         raise ThinklensError("a forced opening needs a format whose prompt opens the thinking: use --format r1 or think")
     if name == "think" and system_prompt is None:
         system_prompt = THINK_INSTRUCTION
@@ -90,7 +93,7 @@ def render_messages(tokenizer: Any, fmt: ReasoningFormat, messages: list[dict[st
     if fmt.system_prompt and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": fmt.system_prompt})
     if not getattr(tokenizer, "chat_template", None):
-        if fmt.name != "think":
+        if fmt.name not in ("think", "chat"):
             raise ThinklensError(f"this model has no chat template, so format '{fmt.name}' cannot render: use --format think")
         rendered = _plain_template(tokenizer, messages)
     else:

@@ -11,7 +11,7 @@ Sampling is seeded through a private `torch.Generator`: nothing global is touche
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -43,6 +43,7 @@ class Generated:
     token_ids: list[int]
     finish_reason: str
     logprobs: list[float]  # the model's log-probability (temperature 1) of each chosen token
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # per step, when asked: the k likeliest
 
 
 def next_tokens(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None) -> torch.Tensor:
@@ -70,12 +71,14 @@ def generate(
     observer: GenerationObserver | None = None,
     use_cache: bool = True,
     on_step: Callable[[list[int], list[int]], None] | None = None,
+    top_logprobs: int = 0,
 ) -> list[Generated]:
     """Continue each left-padded row of `input_ids` (batch, width) until EOS or `max_new_tokens`.
 
     `use_cache=False` recomputes the whole sequence every step (slow; a reference for tests).
     `on_step(rows, tokens)` is told each step's chosen tokens as they come (a server streams them); an
-    exception it raises stops the generation.
+    exception it raises stops the generation. `top_logprobs` > 0 also keeps each step's likeliest tokens
+    with their log-probabilities (what OpenAI's `top_logprobs` reports).
     """
     from transformers import DynamicCache
 
@@ -84,6 +87,7 @@ def generate(
     eos = torch.tensor(sorted(set(eos_token_ids)), device=device)
     completions: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
     logprobs: list[list[float]] = [[] for _ in range(input_ids.shape[0])]
+    tops: list[list[list[tuple[int, float]]]] = [[] for _ in range(input_ids.shape[0])]
     finish = ["length"] * input_ids.shape[0]
     rows = torch.arange(input_ids.shape[0], device=device)  # original index of each row still running
     ids, mask = input_ids, attention_mask
@@ -93,7 +97,12 @@ def generate(
     for step in range(max_new_tokens):
         logits = output.logits[:, -1, :]
         tokens = next_tokens(logits, sampling, generator)
-        chosen = torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
+        distribution = torch.log_softmax(logits.float(), dim=-1)
+        chosen = distribution.gather(-1, tokens[:, None]).squeeze(-1)
+        if top_logprobs > 0:
+            best = distribution.topk(min(top_logprobs, distribution.shape[-1]), dim=-1)
+            for row, values, indices in zip(rows.tolist(), best.values.tolist(), best.indices.tolist(), strict=True):
+                tops[row].append(list(zip(indices, values, strict=True)))
         if observer is not None:
             observer.after_tokens(rows, tokens)
         for row, token, logprob in zip(rows.tolist(), tokens.tolist(), chosen.tolist(), strict=True):
@@ -118,7 +127,7 @@ def generate(
             output = _forward(model, tokens[:, None], mask, positions[:, -1:], cache, observer, rows, keep_last=False)
         else:
             output = _forward(model, ids, mask, positions, None, observer, rows, keep_last=True)
-    return [Generated(*fields) for fields in zip(completions, finish, logprobs, strict=True)]
+    return [Generated(*fields) for fields in zip(completions, finish, logprobs, tops, strict=True)]
 
 
 def _forward(model, input_ids, mask, positions, cache, observer, rows, keep_last: bool):

@@ -36,20 +36,26 @@ def explain_in_run(config: ExplainConfig, rundir: RunDir, progress: bool = True,
             result = explain_run(config, db_path, source, progress=lambda _f: bar.advance(1))
     minutes = (time.perf_counter() - started) / 60
     summary = result.summary()
-    rows = [(name, str(part["n"]), "—" if part["mean"] is None else f"{part['mean']:.3f}",
-             "—" if part["low"] is None else f"[{part['low']:.3f}, {part['high']:.3f}]")
-            for name, part in (("real labels", summary["real"]), ("shuffled labels (control)", summary["shuffled"]))]
+    rows = [(method, kind, str(parts["balanced_accuracy"][key]["n"]),
+             *(_interval(parts[metric][key]) for metric in ("balanced_accuracy", "auroc")))
+            for method, parts in summary.items()
+            for kind, key in (("real labels", "real"), ("shuffled (control)", "shuffled"))]
     usage = result.usage
     return StageResult(
         skipped=result.explained == 0,
         headline=f"explain → {db_path} (autointerp, label_scores)",
-        tables=[Table("detection balanced accuracy (95 % bootstrap over features)",
-                      ("labels", "features", "mean", "interval"), rows)],
+        tables=[Table("the scorer on held-out examples: means with 95 % bootstrap intervals over features",
+                      ("method", "labels", "features", "balanced accuracy", "AUROC"), rows)],
         lines=[f"explained {result.explained} features ({result.skipped} already labelled were kept), "
                f"{result.unparsable_labels} answers without a label; {result.explained / max(minutes, 1e-9):.1f} "
                "features per minute",
-               f"control: does the method separate? {summary['separates']}",
+               *(f"control ({method}, {metric.replace('_', ' ')}): do real labels beat shuffled ones? "
+                 f"{part['separates']}" for method, parts in summary.items() for metric, part in parts.items()),
                f"{usage.requests} requests ({usage.retries} retried), {usage.prompt_tokens:,} prompt + "
                f"{usage.completion_tokens:,} completion tokens"],
         written=[db_path],
     )
+
+
+def _interval(part: dict) -> str:
+    return "—" if part["mean"] is None else f"{part['mean']:.3f} [{part['low']:.3f}, {part['high']:.3f}]"

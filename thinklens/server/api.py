@@ -165,11 +165,15 @@ def model_info(request: Request) -> dict[str, Any]:
             "capacity": config.capacity, "timeout_s": config.timeout_s}
 
 
-def check_steering(state, served_run: ServedRun, steering: Steering, max_tokens: int) -> None:
-    """Unknown features (404) and contrasts, and a max_tokens above the server's bound (400)."""
-    for edit in steering.features:
+def check_steering(state, served_run: ServedRun | None, steering: Steering, max_tokens: int) -> None:
+    """Unknown features (404) and contrasts, steering a model served without a run, and a max_tokens above
+    the server's bound (400)."""
+    if served_run is None and not steering.empty:
+        raise ThinklensError("this server serves a model without a run (--model): there is no SAE to steer with; "
+                             "serve a run directory to steer")
+    for edit in steering.features if served_run is not None else ():
         served_run.check_feature(edit.feature)
-    if steering.contrast is not None and steering.contrast.name not in served_run.contrasts:
+    if served_run is not None and steering.contrast is not None and steering.contrast.name not in served_run.contrasts:
         raise ThinklensError(f"no contrast {steering.contrast.name!r} in run {served_run.name}: "
                              f"it has {served_run.contrasts or 'none'}")
     if max_tokens > state.config.max_tokens:

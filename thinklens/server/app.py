@@ -71,6 +71,8 @@ def load_served(config: ServeConfig) -> Served:
             raise ThinklensError(f"the database {config.ddb} has the name of a served run: rename one of them")
         runs[release.name] = release
     served = Served(config, runs)
+    if config.model is not None:
+        return _plain_model(served)
     first = next(iter(runs.values()))
     served.model_id = str(first.meta.get("model") or "model")
     served.model_run = first.name
@@ -85,6 +87,20 @@ def load_served(config: ServeConfig) -> Served:
     variant = open_variant(rundir.traces, rundir.sae, rundir.features_db, [], device=config.device)
     served.service = GenerationService(variant, lambda: first.db, rundir.contrast_dir, capacity=config.capacity,
                                        timeout_s=config.timeout_s, model_id=served.model_id)
+    return served
+
+
+def _plain_model(served: Served) -> Served:
+    """`--model`: the model alone, as it ships (its chat template, no thinking), with nothing to steer."""
+    from thinklens.models.formats import make_format
+    from thinklens.models.loader import ModelConfig, load_model
+    from thinklens.steering.variant import Variant
+
+    config = served.config
+    loaded = load_model(ModelConfig(model=config.model, device=config.device))
+    served.model_id, served.model_run = config.model, None
+    served.service = GenerationService(Variant(loaded, fmt=make_format("chat")), lambda: None, None,
+                                       capacity=config.capacity, timeout_s=config.timeout_s, model_id=config.model)
     return served
 
 

@@ -20,6 +20,8 @@ class ServeConfig(BaseModel):
                                                               "--ddb.")
     host: str = Field(default="127.0.0.1", description="Address to bind (localhost unless you mean to share it).")
     port: int = Field(default=8000, ge=0, le=65535, description="Port (0: any free port).")
+    model: str | None = Field(default=None, description="Serve this model without a run: its own chat template, no "
+                              "thinking, no steering (e.g. 'smollm2' as the explainer of `thinklens explain`).")
     no_model: bool = Field(default=False, description="Serve the browser only; do not load the model.")
     device: str = Field(default="auto", description="Where the model runs: 'auto', 'cpu', 'cuda', ...")
     max_text_chars: int = Field(default=8000, ge=1, description="Longest prompt or text a request may send.")
@@ -29,8 +31,10 @@ class ServeConfig(BaseModel):
 
     @model_validator(mode="after")
     def _something_to_serve(self) -> ServeConfig:
-        if not self.runs and self.ddb is None:
-            raise ValueError("nothing to serve: pass a run directory, or --ddb FILE.ddb")
+        if not self.runs and self.ddb is None and self.model is None:
+            raise ValueError("nothing to serve: pass a run directory, --ddb FILE.ddb or --model SPEC")
+        if self.model is not None and (self.runs or self.ddb is not None or self.no_model):
+            raise ValueError("--model serves a model on its own: pass it without runs, --ddb or --no-model")
         if self.autointerp is not None and self.ddb is None:
             raise ValueError("--autointerp labels a --ddb database: pass --ddb too")
         return self

@@ -44,11 +44,21 @@ class GenerationJob:
     temperature: float = 0.6
     top_p: float = 0.95
     seed: int = 0
+    top_logprobs: int | None = None  # None: no log-probabilities; k: each token's, with the k likeliest
 
 
 @dataclass
 class Delta:
     text: str
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One completion token as text, its log-probability, and the likeliest alternatives at its step."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass
@@ -62,6 +72,7 @@ class Finished:
     steered_from_token: int | None = None  # index in the completion of the first steered token
     steered_from_char: int | None = None
     error: str | None = None
+    logprobs: list[TokenLogprob] | None = None  # when the job asked for them
 
 
 @dataclass
@@ -173,7 +184,7 @@ class GenerationService:
         sampling = Sampling(greedy=greedy, temperature=job.temperature or 1.0, top_p=job.top_p)
         try:
             (output,) = variant.generate([text], job.max_tokens, sampling, seed=job.seed, on_step=on_step,
-                                         rendered=True)
+                                         rendered=True, top_logprobs=job.top_logprobs or 0)
         finally:
             variant.reset()
         completion_ids = output.token_ids[output.generation_start:]
@@ -183,7 +194,8 @@ class GenerationService:
         start = None if math.isinf(output.start) else int(output.start) - output.generation_start
         start_char = len(tokenizer.decode(completion_ids[:start], skip_special_tokens=True)) if start is not None else None
         return Finished(final, "stop" if output.finish_reason == "eos" else "length", output.generation_start,
-                        len(completion_ids), start, start_char)
+                        len(completion_ids), start, start_char,
+                        logprobs=None if job.top_logprobs is None else _logprobs(tokenizer, output))
 
     def _steer(self, steering: Steering) -> None:
         variant = self.variant
@@ -211,3 +223,13 @@ class _Connection:
 
     def __init__(self, connection) -> None:
         self.connection = connection
+
+
+def _logprobs(tokenizer, output) -> list[TokenLogprob]:
+    """Each visible completion token (special tokens such as the end of turn are left out, as in the text)."""
+    special = set(tokenizer.all_special_ids)
+    completion = output.token_ids[output.generation_start:]
+    tops = output.top_logprobs or [[] for _ in completion]
+    return [TokenLogprob(tokenizer.decode([token]), logprob,
+                         tuple((tokenizer.decode([alt]), value) for alt, value in top))
+            for token, logprob, top in zip(completion, output.logprobs, tops, strict=True) if token not in special]

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from thinklens.errors import ThinklensError
 from thinklens.server.api import MAX_ID, _check_length, _sse, check_steering
-from thinklens.server.generation import Delta, Finished, GenerationJob
+from thinklens.server.generation import Delta, Finished, GenerationJob, TokenLogprob
 from thinklens.server.steering_request import Steering, parse_model_name
 
 router = APIRouter(prefix="/v1", tags=["openai"])
@@ -49,10 +49,23 @@ class _Common(BaseModel):
 
 class ChatRequest(_Common):
     messages: list[Message] = Field(min_length=1, max_length=MAX_MESSAGES)
+    logprobs: bool = Field(default=False, description="Return each token's log-probability (not when streaming).")
+    top_logprobs: int | None = Field(default=None, ge=0, le=20, description="With logprobs: the k likeliest "
+                                                                            "tokens at each step.")
+
+    def wanted_logprobs(self) -> int | None:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ThinklensError("top_logprobs needs logprobs: true")
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Common):
     prompt: str = Field(min_length=1, description="Raw text: the model continues it (no chat template).")
+    logprobs: int | None = Field(default=None, ge=0, le=5, description="Return log-probabilities with the k "
+                                                                       "likeliest tokens at each step.")
+
+    def wanted_logprobs(self) -> int | None:
+        return self.logprobs
 
 
 @router.get("/models", summary="The served model")
@@ -60,7 +73,7 @@ def models(request: Request) -> dict[str, Any]:
     state = request.app.state.served
     return {"object": "list", "data": [{"id": state.model_id, "object": "model", "created": 0,
                                         "owned_by": "thinklens", "run": state.model_run,
-                                        "steerable": f"{state.model_id}+f<ID>@<STRENGTH>[:<POLICY>]"}]}
+                                        "steerable": f"{state.model_id}+f<ID>@<STRENGTH>[:<POLICY>]" if state.model_run else None}]}
 
 
 @router.post("/chat/completions", summary="Chat completion (steered by model name or `steering`)")
@@ -82,10 +95,13 @@ def _job(request: Request, body: _Common, sent: str, **what: Any) -> GenerationJ
     state.need_model()
     steering = body.steering or parse_model_name(body.model, state.model_id)
     max_tokens = body.max_completion_tokens or body.max_tokens or min(256, state.config.max_tokens)
-    check_steering(state, state.run(state.model_run), steering, max_tokens)
+    check_steering(state, state.run(state.model_run) if state.model_run else None, steering, max_tokens)
     _check_length(state, sent, "the prompt")
+    top = body.wanted_logprobs()
+    if top is not None and body.stream:
+        raise ThinklensError("log-probabilities come with non-streamed requests: drop stream or logprobs")
     return GenerationJob(steering=steering, max_tokens=max_tokens, temperature=body.temperature, top_p=body.top_p,
-                         seed=body.seed or 0, **what)
+                         seed=body.seed or 0, top_logprobs=top, **what)
 
 
 def _respond(request: Request, body: _Common, job: GenerationJob, chat: bool):
@@ -97,8 +113,9 @@ def _respond(request: Request, body: _Common, job: GenerationJob, chat: bool):
         result = service.complete(job)
         _raise_failed(result)
         choice = ({"index": 0, "message": {"role": "assistant", "content": result.text},
-                   "finish_reason": result.finish_reason, "logprobs": None} if chat else
-                  {"index": 0, "text": result.text, "finish_reason": result.finish_reason, "logprobs": None})
+                   "finish_reason": result.finish_reason, "logprobs": _chat_logprobs(result.logprobs)} if chat else
+                  {"index": 0, "text": result.text, "finish_reason": result.finish_reason,
+                   "logprobs": _completion_logprobs(result.logprobs)})
         return {"id": ident, "object": "chat.completion" if chat else "text_completion", "created": created,
                 "model": body.model, "choices": [choice], "usage": _usage(result),
                 "thinklens": _extra(steering, result)}
@@ -136,6 +153,35 @@ def _raise_failed(result: Finished) -> None:
 
             raise concurrent.futures.TimeoutError(result.error)
         raise ThinklensError(result.error)
+
+
+def _chat_logprobs(tokens: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    """OpenAI's chat shape: `{"content": [{token, logprob, bytes, top_logprobs: [...]}]}`."""
+    if tokens is None:
+        return None
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+    return {"content": [{**entry(t.token, t.logprob), "top_logprobs": [entry(a, v) for a, v in t.top]}
+                        for t in tokens], "refusal": None}
+
+
+def _completion_logprobs(tokens: list[TokenLogprob] | None) -> dict[str, Any] | None:
+    """The legacy completions shape: parallel lists, `top_logprobs` as {token: logprob} per step."""
+    if tokens is None:
+        return None
+    offsets = [0]
+    for t in tokens[:-1]:
+        offsets.append(offsets[-1] + len(t.token))
+    return {"tokens": [t.token for t in tokens], "token_logprobs": [t.logprob for t in tokens],
+            "top_logprobs": [_first_of_each(t.top) for t in tokens], "text_offset": offsets}
+
+
+def _first_of_each(top: tuple[tuple[str, float], ...]) -> dict[str, float]:
+    """{text: logprob}, the likeliest where two tokens decode to the same text (a dict keeps one)."""
+    out: dict[str, float] = {}
+    for token, logprob in top:
+        out.setdefault(token, logprob)
+    return out
 
 
 def _usage(result: Finished) -> dict[str, int]:

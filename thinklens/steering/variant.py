@@ -39,6 +39,7 @@ class SteeredOutput:
     logprobs: list[float]  # of each generated token under the (steered) model
     acted: list[int] = field(default_factory=list)  # positions the edit changed
     start: float = float("inf")  # first position the policy selected (inf: never)
+    top_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)  # per generated token, when asked
 
     @property
     def completion(self) -> str:
@@ -117,10 +118,12 @@ class Variant:
         use_cache: bool = True,
         on_step: Callable[[list[int], list[int]], None] | None = None,
         rendered: bool = False,
+        top_logprobs: int = 0,
     ) -> list[SteeredOutput]:
         """Generate a trace per prompt (optionally continuing a `prefills` text after the rendered prompt);
         `on_step(rows, tokens)` sees each step's tokens as they are chosen (`models.generate.generate`).
-        `rendered`: the prompts are already the model's exact input text (no chat template applied)."""
+        `rendered`: the prompts are already the model's exact input text (no chat template applied);
+        `top_logprobs`: keep each step's k likeliest tokens with their log-probabilities."""
         tokenizer = self.loaded.tokenizer
         texts = [(prompt if rendered else render_prompt(tokenizer, self.fmt, prompt)) + (prefills[i] if prefills else "")
                  for i, prompt in enumerate(prompts)]
@@ -143,6 +146,7 @@ class Variant:
                 self.loaded.model, encoded["input_ids"], encoded["attention_mask"], max_new_tokens,
                 self.loaded.eos_token_ids,
                 sampling or Sampling(), seed, observer=hook, use_cache=use_cache, on_step=on_step,
+                top_logprobs=top_logprobs,
             )
         outputs = []
         for row, (prompt, completion) in enumerate(zip(prompt_ids, completions, strict=True)):
@@ -151,7 +155,7 @@ class Variant:
             acted = sorted(hook.acted[row]) if hook else []
             start = hook.start[row] if hook else float("inf")
             outputs.append(SteeredOutput(ids, len(prompt), completion.finish_reason, trace, completion.logprobs, acted,
-                                         start))
+                                         start, completion.top_logprobs))
         return outputs
 
 

@@ -31,7 +31,7 @@ class Usage:
 
 
 class ChatClient:
-    """`ask(prompt) -> reply text` against `base_url` with `model`."""
+    """`ask(prompt) -> reply text` and `ask_yes_no(prompt) -> P(yes)` against `base_url` with `model`."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None = "OPENAI_API_KEY", timeout_s: float = 60,
                  max_retries: int = 4, temperature: float = 0.0, max_tokens: int = 256) -> None:
@@ -46,12 +46,25 @@ class ChatClient:
 
     def ask(self, prompt: str) -> str:
         """The model's reply to one user message."""
+        return self._create(prompt, max_tokens=self.max_tokens).choices[0].message.content or ""
+
+    def ask_yes_no(self, prompt: str) -> float:
+        """The probability that the answer to a yes/no question is yes: from the first token's top
+        log-probabilities where the endpoint gives them, else 1 or 0 from the word answered."""
+        from thinklens.features.autointerp.replies import yes_probability
+
+        choice = self._create(prompt, max_tokens=2, logprobs=True, top_logprobs=10).choices[0]
+        content = choice.logprobs.content if choice.logprobs is not None else None
+        top = [(alt.token, alt.logprob) for alt in content[0].top_logprobs] if content else None
+        return yes_probability(choice.message.content or "", top)
+
+    def _create(self, prompt: str, **options):
         openai = self.openai
         for attempt in range(self.max_retries + 1):
             try:
                 reply = self.client.chat.completions.create(
                     model=self.model, messages=[{"role": "user", "content": prompt}],
-                    temperature=self.temperature, max_tokens=self.max_tokens)
+                    temperature=self.temperature, **options)
             except openai.AuthenticationError:
                 raise ThinklensError(f"{self.base_url} refused the API key: put the key in the variable named by "
                                      "--api-key-env") from None
@@ -73,7 +86,7 @@ class ChatClient:
                 continue
             usage = reply.usage
             self.usage.add(usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
-            return reply.choices[0].message.content or ""
+            return reply
         raise AssertionError("unreachable")
 
 

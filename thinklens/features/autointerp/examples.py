@@ -31,9 +31,25 @@ class Window:
     activations: tuple[float, ...]
 
     def text(self, marked: bool = False) -> str:
-        """The context as text; `marked`: the tokens where the feature fires as <<token>>."""
-        return "".join(f"<<{token}>>" if marked and value > 0 else token
-                       for token, value in zip(self.tokens, self.activations, strict=True))
+        """The context as text; `marked`: each run of tokens where the feature fires as <<these tokens>>."""
+        parts, inside = [], False
+        for token, value in zip(self.tokens, self.activations, strict=True):
+            fires = marked and value > 0
+            if fires != inside:
+                parts.append("<<" if fires else ">>")
+                inside = fires
+            parts.append(token)
+        return "".join(parts) + (">>" if inside else "")
+
+    def fuzzed(self, rng: random.Random) -> Window | None:
+        """The same context with as many marks on tokens where the feature does *not* fire (None where it
+        fires on every token): the wrong half of the fuzzing test."""
+        quiet = [i for i, value in enumerate(self.activations) if value <= 0]
+        if not quiet:
+            return None
+        chosen = set(rng.sample(quiet, min(len(quiet), max(1, sum(value > 0 for value in self.activations)))))
+        return Window(self.sequence_id, self.token_idx, self.tokens,
+                      tuple(1.0 if i in chosen else 0.0 for i in range(len(self.tokens))))
 
     @property
     def fires(self) -> bool:

@@ -26,19 +26,26 @@ class Explanation:
     interestingness: float | None
 
 
-def parse_explanation(reply: str) -> Explanation:
-    """The explainer's `{"label", "description", "interestingness"}` (the first JSON object in `reply`)."""
-    for match in re.finditer(r"\{.*?\}", reply, flags=re.DOTALL):
+def parse_explanation(reply: str, instructions: str = "") -> Explanation:
+    """The explainer's `{"label", "description", "interestingness"}`: the first JSON object in `reply` (nested
+    ones too) with a label that does not just echo the prompt's `instructions` (small models copy them)."""
+    decoder = json.JSONDecoder()
+    echoed = None
+    for start in (m.start() for m in re.finditer(r"\{", reply)):
         try:
-            data = json.loads(match.group(0))
+            data, _ = decoder.raw_decode(reply, start)
         except ValueError:
             continue
         label = str(data.get("label", "")).strip() if isinstance(data, dict) else ""
-        if label:
+        if label and label.lower() in instructions.lower():
+            echoed = label
+        elif label:
             interest = data.get("interestingness")
             interest = float(interest) if isinstance(interest, int | float) and math.isfinite(interest) else None
             return Explanation(label[:120], str(data.get("description", "")).strip()[:500],
                                None if interest is None else min(max(interest, 0.0), 1.0))
+    if echoed is not None:
+        raise Unparsable(f"the label {echoed[:60]!r} only echoes the prompt")
     raise Unparsable(f"no JSON object with a label in the reply: {reply[:80]!r}")
 
 
@@ -62,6 +69,23 @@ def parse_predictions(reply: str, n: int) -> list[float]:
         else:
             return out
     raise Unparsable(f"no list of {n} numbers in [0, 1] in the reply: {reply[:80]!r}")
+
+
+def yes_probability(reply: str, top_logprobs: list[tuple[str, float]] | None) -> float:
+    """P(yes) / (P(yes) + P(no)) over the first token's alternatives (any case, any leading space) when
+    they name yes or no; else 1 or 0 from the reply's first word."""
+    mass = {"yes": 0.0, "no": 0.0}
+    for token, logprob in top_logprobs or ():
+        word = token.strip().lower()
+        if word in mass and math.isfinite(logprob):
+            mass[word] += math.exp(logprob)
+    if mass["yes"] + mass["no"] > 0:
+        return mass["yes"] / (mass["yes"] + mass["no"])
+    first = re.match(r"\W*(\w+)", reply)
+    word = first.group(1).lower() if first else ""
+    if word in ("yes", "no"):
+        return 1.0 if word == "yes" else 0.0
+    raise Unparsable(f"neither yes nor no in the reply: {reply[:80]!r}")
 
 
 @dataclass(frozen=True)

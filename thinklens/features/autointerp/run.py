@@ -2,10 +2,15 @@
 
 Per feature: the explainer sees the *shown* examples (activating tokens marked) with the feature's
 segment rates and logit-lens tokens, and answers a label, a description and an interestingness. The
-scorer (detection) sees the *held-out* activating examples mixed with as many non-activating ones,
-unmarked, and gives each a probability that the feature fires; its balanced accuracy is the label's
-`quality`. The control scores the same examples with *another* feature's label: a method whose real
-labels do not beat the shuffled ones is not telling anything, and the result says so.
+scorer then judges the label on examples it was not shown, two ways:
+
+- *detection*: the held-out activating examples mixed with as many non-activating ones, unmarked; the
+  scorer gives each a probability that the feature fires. Its balanced accuracy is the label's `quality`.
+- *fuzzing*: held-out activating examples with marks, half where the feature fires and half moved to
+  random tokens (as many); the scorer says which marks are right. This tests *where*, not only *whether*.
+
+The control scores the same examples with *another* feature's label: a method whose real labels do not
+beat the shuffled ones is not telling anything, and the result says so.
 
 Each feature's label and scores are committed together, so a killed run resumes with the features it
 had not finished; a label of another model is never replaced unless `force`.
@@ -19,6 +24,7 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,7 +46,8 @@ from thinklens.features.schema import migrate
 from thinklens.files import check_inside_run
 
 PROMPTS = Path(__file__).parent / "prompts"
-PROMPT_VERSION = "thinklens-explain-v1"  # explain-v1.txt + detect-v1.txt; a new template is a new version
+PROMPT_VERSION = "thinklens-explain-v2"  # prompts/*-v2.txt; a new template is a new version
+METHODS = ("detection", "fuzzing")
 
 
 class ExplainConfig(BaseModel):
@@ -52,9 +59,11 @@ class ExplainConfig(BaseModel):
     model: str = Field(min_length=1, description="Model that writes the labels.")
     scorer_model: str | None = Field(default=None, description="Model that scores them (default: the same).")
     api_key_env: str | None = Field(default="OPENAI_API_KEY", description="Environment variable holding the key.")
-    features: tuple[int, ...] | None = Field(default=None, description="Features to explain (default: the most "
-                                                                       "frequent live ones, up to --limit).")
+    features: tuple[int, ...] | None = Field(default=None, description="Features to explain (default: a seeded "
+                                                                       "random sample of the live ones, up to --limit).")
     limit: int = Field(default=50, ge=1, description="Most features explained when --features is not given.")
+    max_density: float = Field(default=0.05, gt=0, le=1, description="The sample prefers features firing on at most "
+                               "this share of tokens (denser ones are hard to tell apart from their negatives).")
     shown: int = Field(default=10, ge=1, le=64, description="Activating examples shown to the explainer.")
     held_out: int = Field(default=8, ge=2, le=64, description="Held-out activating examples scored (and as many "
                                                               "non-activating ones).")
@@ -64,16 +73,42 @@ class ExplainConfig(BaseModel):
     max_retries: int = Field(default=4, ge=0, le=10, description="Retries on 429, 5xx and dropped connections.")
     max_tokens: int = Field(default=512, ge=1, description="Most tokens of one answer (a reasoning model thinks "
                                                            "before it answers).")
+    prompt: Literal["full", "compact"] = Field(default="full", description="full: examples with the segment rates "
+                                               "and logit-lens tokens, answered with label, description and "
+                                               "interestingness; compact: the examples and a label only (small models).")
+    scoring: Literal["list", "each"] = Field(default="list", description="list: one request per method, answered "
+                                             "with a JSON list; each: one request per example, answered Yes/No, its "
+                                             "probability from the top log-probabilities (small models; more requests).")
     force: bool = Field(default=False, description="Relabel features labelled before, by any model.")
     seed: int = Field(default=0, description="Seed of the negatives and the shuffled control.")
+
+    @property
+    def prompt_version(self) -> str:
+        """The version written with every label: the templates' version, and the variant when not the default."""
+        variant = [part for part, default in ((self.prompt, "full"), (self.scoring, "list")) if part != default]
+        return "-".join([PROMPT_VERSION, *variant])
+
+
+Scored = tuple[Scores | None, str, str]  # the scores (None: unparsable), the label scored, the last reply
 
 
 @dataclass
 class FeatureOutcome:
     feature_id: int
     explanation: Explanation | None
-    scores: dict[bool, tuple[Scores | None, str, str | None]] = field(default_factory=dict)  # control → …
+    scores: dict[tuple[str, bool], Scored] = field(default_factory=dict)  # (method, control) → …
     shown: list[Window] = field(default_factory=list)
+    reply: str = ""  # the explainer's last answer (kept when it had no label)
+
+
+@dataclass(frozen=True)
+class ScoringTask:
+    """One method's question to the scorer: these windows (marked or not), and which are right (1)."""
+
+    method: str
+    windows: list[Window]
+    truth: list[int]
+    marked: bool
 
 
 @dataclass
@@ -81,25 +116,66 @@ class ExplainResult:
     explained: int
     skipped: int
     unparsable_labels: int
-    real: list[float]  # detection balanced accuracy per scored feature
-    shuffled: list[float]
     usage: Usage
+    # (method, control, metric) → one value per scored feature; metric: balanced_accuracy or auroc
+    values: dict[tuple[str, bool, str], list[float]] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, object]:
-        """Mean balanced accuracy of real and shuffled labels, with bootstrap 95 % intervals over features."""
-        return {"real": _mean_interval(self.real), "shuffled": _mean_interval(self.shuffled),
-                "separates": _separates(self.real, self.shuffled)}
+    def summary(self) -> dict[str, dict[str, dict[str, object]]]:
+        """Per method and metric (balanced accuracy; AUROC where the scorer's probabilities rank): the mean of
+        real and shuffled labels with bootstrap 95 % intervals over features, and whether real beats shuffled."""
+        out: dict[str, dict[str, dict[str, object]]] = {}
+        for method in METHODS:
+            for metric in ("balanced_accuracy", "auroc"):
+                real, shuffled = self.values.get((method, False, metric), []), self.values.get((method, True, metric), [])
+                out.setdefault(method, {})[metric] = {"real": _mean_interval(real), "shuffled": _mean_interval(shuffled),
+                                                      "separates": _separates(real, shuffled)}
+        return out
 
 
-def explain_prompt(examples: FeatureExamples, stats: str) -> str:
+def explain_prompt(examples: FeatureExamples, stats: str, prompt: str = "full") -> str:
     blocks = "\n".join(f"{i + 1}. {window.text(marked=True)!r}" for i, window in enumerate(examples.shown))
-    return (PROMPTS / "explain-v1.txt").read_text().format(values_note="", stats=stats, examples=blocks)
+    if prompt == "compact":
+        return (PROMPTS / "explain-compact-v2.txt").read_text().format(examples=blocks)
+    return (PROMPTS / "explain-v2.txt").read_text().format(values_note="", stats=stats, examples=blocks)
 
 
-def detect_prompt(label: Explanation, windows: list[Window]) -> str:
-    blocks = "\n".join(f"{i + 1}. {window.text()!r}" for i, window in enumerate(windows))
-    return (PROMPTS / "detect-v1.txt").read_text().format(label=label.label, description=label.description,
-                                                          examples=blocks, n=len(windows))
+def scoring_prompt(label: Explanation, task: ScoringTask) -> str:
+    """The scorer's question about every window of `task` at once (answered with a list)."""
+    blocks = "\n".join(f"{i + 1}. {window.text(marked=task.marked)!r}" for i, window in enumerate(task.windows))
+    template = "fuzz-v2.txt" if task.method == "fuzzing" else "detect-v2.txt"
+    return (PROMPTS / template).read_text().format(described=_described(label), examples=blocks, n=len(task.windows))
+
+
+def example_prompt(label: Explanation, task: ScoringTask, window: Window) -> str:
+    """The scorer's yes/no question about one window."""
+    template = "fuzz-each-v2.txt" if task.method == "fuzzing" else "detect-each-v2.txt"
+    return (PROMPTS / template).read_text().format(described=_described(label),
+                                                   example=repr(window.text(marked=task.marked)))
+
+
+def _instructions(prompt: str) -> str:
+    """The explainer's template without its examples: what a label must not merely repeat."""
+    return (PROMPTS / ("explain-compact-v2.txt" if prompt == "compact" else "explain-v2.txt")).read_text()
+
+
+def _described(label: Explanation) -> str:
+    return f'"{label.label}"' + (f" — {label.description}" if label.description else "")
+
+
+def scoring_tasks(examples: FeatureExamples, seed: int) -> list[ScoringTask]:
+    """Detection (held-out vs negatives, unmarked) and fuzzing (held-out, half marked right and half at
+    random tokens), each in a seeded random order; a method without both kinds of example is left out."""
+    rng = random.Random(seed)
+    fuzzed = [w.fuzzed(rng) for w in examples.held_out[1::2]]
+    tasks = []
+    for method, right, wrong, marked in (("detection", examples.held_out, examples.negatives, False),
+                                         ("fuzzing", examples.held_out[0::2], [w for w in fuzzed if w], True)):
+        if not right or not wrong:
+            continue
+        pairs = [(w, 1) for w in right] + [(w, 0) for w in wrong]
+        rng.shuffle(pairs)
+        tasks.append(ScoringTask(method, [w for w, _ in pairs], [t for _, t in pairs], marked))
+    return tasks
 
 
 def explain_run(config: ExplainConfig, db_path: Path, source: ExampleSource, progress=None,
@@ -110,7 +186,8 @@ def explain_run(config: ExplainConfig, db_path: Path, source: ExampleSource, pro
     if dry_run:
         if not todo:
             raise ThinklensError("nothing to explain: every chosen feature is labelled (pass --force to redo)")
-        return explain_prompt(source.examples(todo[0], config.shown, config.held_out), _stats(reader, todo[0]))
+        return explain_prompt(source.examples(todo[0], config.shown, config.held_out), _stats(reader, todo[0]),
+                              config.prompt)
     explainer = ChatClient(config.base_url, config.model, config.api_key_env, config.timeout_s, config.max_retries,
                            max_tokens=config.max_tokens)
     scorer = explainer if not config.scorer_model or config.scorer_model == config.model else ChatClient(
@@ -119,17 +196,18 @@ def explain_run(config: ExplainConfig, db_path: Path, source: ExampleSource, pro
     check_inside_run(Path(db_path), follow=True)
     writer = sqlite3.connect(db_path)
     migrate(writer)
-    result = ExplainResult(0, skipped, 0, [], [], explainer.usage)
+    result = ExplainResult(0, skipped, 0, explainer.usage)
     examples = {f: source.examples(f, config.shown, config.held_out) for f in todo}
     stats = {f: _stats(reader, f) for f in todo}
     try:
         with ThreadPoolExecutor(config.concurrency) as pool:
-            labels = dict(zip(todo, pool.map(lambda f: _explain(explainer, examples[f], stats[f]), todo), strict=True))
+            labels = dict(zip(todo, pool.map(lambda f: _explain(explainer, examples[f], stats[f], config.prompt), todo),
+                              strict=True))
             partners = _partners(todo, labels, reader, config, config.seed)
-            jobs = {f: pool.submit(_score_both, scorer, examples[f], labels[f], partners.get(f), config.seed + f)
-                    for f in todo}
+            jobs = {f: pool.submit(_score_all, scorer, examples[f], labels[f][0], partners.get(f), config.seed + f,
+                                   config.scoring) for f in todo}
             for f in todo:
-                outcome = FeatureOutcome(f, labels[f], jobs[f].result(), examples[f].shown)
+                outcome = FeatureOutcome(f, labels[f][0], jobs[f].result(), examples[f].shown, labels[f][1])
                 _commit(writer, outcome, config)
                 _tally(result, outcome)
                 if progress is not None:
@@ -141,9 +219,7 @@ def explain_run(config: ExplainConfig, db_path: Path, source: ExampleSource, pro
 
 
 def _todo(reader: sqlite3.Connection, config: ExplainConfig) -> tuple[list[int], int]:
-    chosen = list(config.features) if config.features is not None else [row[0] for row in reader.execute(
-        "SELECT feature_id FROM features WHERE firing_count > 0 ORDER BY firing_count DESC, feature_id LIMIT ?",
-        (config.limit,))]
+    chosen = list(config.features) if config.features is not None else _sample(reader, config)
     live = {row[0] for row in reader.execute("SELECT DISTINCT feature_id FROM activations")}
     unknown = [f for f in chosen if f not in live]
     if unknown:
@@ -153,10 +229,21 @@ def _todo(reader: sqlite3.Connection, config: ExplainConfig) -> tuple[list[int],
     labelled = dict(reader.execute("SELECT feature_id, model_name FROM autointerp WHERE model_name != ?",
                                    (HEURISTIC_MODEL,)))
     done = {row[0] for row in _rows(reader, "SELECT feature_id FROM label_scores WHERE model_name = ? AND "
-                                            "prompt_version = ? AND control = 0", (config.model, PROMPT_VERSION))}
+                                            "prompt_version = ? AND control = 0", (config.model, config.prompt_version))}
     # Done: scored (or found unparsable) by this model and prompt. Kept: labelled by another model.
     todo = [f for f in chosen if f not in done and labelled.get(f, config.model) == config.model]
     return todo, len(chosen) - len(todo)
+
+
+def _sample(reader: sqlite3.Connection, config: ExplainConfig) -> list[int]:
+    """A seeded random sample of the live features, the sparse ones first; a larger limit extends a smaller
+    one's sample (so a re-run with more features keeps the ones done)."""
+    rows = reader.execute("SELECT feature_id, density FROM features WHERE firing_count > 0 ORDER BY feature_id")
+    sparse, dense = [], []
+    for feature_id, density in rows:
+        (sparse if density <= config.max_density else dense).append((density, feature_id))
+    random.Random(config.seed).shuffle(sparse)
+    return [f for _, f in sparse + sorted(dense)][: config.limit]
 
 
 def _rows(connection: sqlite3.Connection, query: str, params: tuple) -> list[tuple]:
@@ -179,19 +266,23 @@ def _stats(reader: sqlite3.Connection, feature_id: int) -> str:
             f"{segments}.\nTokens it promotes (logit lens): {tokens}.\n")
 
 
-def _explain(client: ChatClient, examples: FeatureExamples, stats: str) -> Explanation | None:
-    prompt = explain_prompt(examples, stats)
+def _explain(client: ChatClient, examples: FeatureExamples, stats: str, prompt_kind: str
+             ) -> tuple[Explanation | None, str]:
+    prompt = explain_prompt(examples, stats, prompt_kind)
+    reply = ""
     for _ in range(2):  # one retry of a malformed answer
+        reply = client.ask(prompt)
         try:
-            return parse_explanation(client.ask(prompt))
+            return parse_explanation(reply, _instructions(prompt_kind)), reply
         except Unparsable:
             continue
-    return None
+    return None, reply
 
 
-def _partners(todo: list[int], labels: dict[int, Explanation | None], reader: sqlite3.Connection,
+def _partners(todo: list[int], explained: dict[int, tuple[Explanation | None, str]], reader: sqlite3.Connection,
               config: ExplainConfig, seed: int) -> dict[int, Explanation]:
     """Each feature's shuffled-control label: another feature's, from this batch or labelled before."""
+    labels = {f: label for f, (label, _) in explained.items()}
     pool = [(f, label) for f, label in labels.items() if label is not None]
     pool += [(f, Explanation(label, "", None)) for f, label in reader.execute(
         "SELECT feature_id, label FROM autointerp WHERE model_name = ? AND label IS NOT NULL", (config.model,))
@@ -205,61 +296,81 @@ def _partners(todo: list[int], labels: dict[int, Explanation | None], reader: sq
     return partners
 
 
-def _score_both(client: ChatClient, examples: FeatureExamples, label: Explanation | None,
-                partner: Explanation | None, seed: int) -> dict[bool, tuple[Scores | None, str, str | None]]:
-    windows = [*examples.held_out, *examples.negatives]
-    truth = [1] * len(examples.held_out) + [0] * len(examples.negatives)
-    order = list(range(len(windows)))
-    random.Random(seed).shuffle(order)
-    windows, truth = [windows[i] for i in order], [truth[i] for i in order]
+def _score_all(client: ChatClient, examples: FeatureExamples, label: Explanation | None,
+               partner: Explanation | None, seed: int, scoring: str = "list") -> dict[tuple[str, bool], Scored]:
+    """Every method, with the feature's label and with the control's (the same examples for both)."""
+    score = _score_each if scoring == "each" else _score
     out = {}
-    for control, used in ((False, label), (True, partner)):
-        if used is None or not examples.negatives or not examples.held_out:
-            continue
-        out[control] = _detect(client, used, windows, truth)
+    for task in scoring_tasks(examples, seed):
+        for control, used in ((False, label), (True, partner)):
+            if used is not None:
+                out[task.method, control] = score(client, used, task)
     return out
 
 
-def _detect(client: ChatClient, label: Explanation, windows: list[Window], truth: list[int]
-            ) -> tuple[Scores | None, str, str | None]:
-    prompt = detect_prompt(label, windows)
+def _score_each(client: ChatClient, label: Explanation, task: ScoringTask) -> Scored:
+    """One yes/no question per window; the reply kept is the list of probabilities (or why one failed)."""
+    predicted = []
+    for window in task.windows:
+        prompt = example_prompt(label, task, window)
+        for attempt in range(2):  # one retry of a malformed answer
+            try:
+                predicted.append(client.ask_yes_no(prompt))
+                break
+            except Unparsable as exc:
+                if attempt == 1:
+                    return None, label.label, f"example {len(predicted) + 1}: {exc}"
+    return score_predictions(predicted, task.truth), label.label, json.dumps([round(p, 4) for p in predicted])
+
+
+def _score(client: ChatClient, label: Explanation, task: ScoringTask) -> Scored:
+    prompt = scoring_prompt(label, task)
     reply = ""
     for _ in range(2):  # one retry of a malformed answer
         reply = client.ask(prompt)
         try:
-            return score_predictions(parse_predictions(reply, len(windows)), truth), label.label, reply
+            return score_predictions(parse_predictions(reply, len(task.windows)), task.truth), label.label, reply
         except Unparsable:
             continue
     return None, label.label, reply
 
 
 def _commit(writer: sqlite3.Connection, outcome: FeatureOutcome, config: ExplainConfig) -> None:
-    """The feature's label and its scores, in one transaction (a kill loses at most this feature)."""
+    """The feature's label and its scores, in one transaction (a kill loses at most this feature). They replace
+    what this model and prompt version wrote for the feature before (a forced re-run leaves nothing stale); a
+    label of another model stays where the new answer had none."""
     scorer = config.scorer_model or config.model
     with writer:
+        writer.execute("DELETE FROM label_scores WHERE feature_id = ? AND model_name = ? AND prompt_version = ?",
+                       (outcome.feature_id, config.model, config.prompt_version))
+        if outcome.explanation is None:  # this model's label from before lost its scores with them: stale
+            writer.execute("DELETE FROM autointerp WHERE feature_id = ? AND model_name = ? AND prompt_version = ?",
+                           (outcome.feature_id, config.model, config.prompt_version))
         if outcome.explanation is not None:
-            real = outcome.scores.get(False, (None,))[0]
+            real = outcome.scores.get(("detection", False), (None,))[0]
             writer.execute("INSERT OR REPLACE INTO autointerp VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (
                 outcome.feature_id, outcome.explanation.label, json.dumps([w.sequence_id for w in outcome.shown]),
                 json.dumps([w.token_idx for w in outcome.shown]), None if real is None else real.balanced_accuracy,
-                outcome.explanation.interestingness, config.model, PROMPT_VERSION))
-        for control, (scores, label, reply) in outcome.scores.items():
-            writer.execute("INSERT OR REPLACE INTO label_scores VALUES (?, ?, ?, ?, 'detection', ?, ?, ?, ?, ?, ?, ?, ?)",
-                           (outcome.feature_id, config.model, PROMPT_VERSION, scorer, int(control), label,
+                outcome.explanation.interestingness, config.model, config.prompt_version))
+        for (method, control), (scores, label, reply) in outcome.scores.items():
+            writer.execute("INSERT OR REPLACE INTO label_scores VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                           (outcome.feature_id, config.model, config.prompt_version, scorer, method, int(control), label,
                             scores.n if scores else None, scores.balanced_accuracy if scores else None,
                             scores.f1 if scores else None, scores.auroc if scores else None, int(scores is None),
                             (reply or "")[:2000]))
         if outcome.explanation is None:  # recorded, so a resumed run does not ask again
             writer.execute("INSERT OR REPLACE INTO label_scores VALUES (?, ?, ?, ?, 'explain', 0, NULL, NULL, NULL, "
-                           "NULL, NULL, 1, NULL)", (outcome.feature_id, config.model, PROMPT_VERSION, scorer))
+                           "NULL, NULL, 1, ?)", (outcome.feature_id, config.model, config.prompt_version, scorer,
+                                                 outcome.reply[:2000]))
 
 
 def _tally(result: ExplainResult, outcome: FeatureOutcome) -> None:
     result.explained += 1
     result.unparsable_labels += outcome.explanation is None
-    for control, (scores, _, _) in outcome.scores.items():
-        if scores is not None:
-            (result.shuffled if control else result.real).append(scores.balanced_accuracy)
+    for (method, control), (scores, _, _) in outcome.scores.items():
+        for metric in ("balanced_accuracy", "auroc") if scores is not None else ():
+            if getattr(scores, metric) is not None:
+                result.values.setdefault((method, control, metric), []).append(getattr(scores, metric))
 
 
 def _mean_interval(values: list[float], draws: int = 2000, seed: int = 0) -> dict[str, float | int | None]:
