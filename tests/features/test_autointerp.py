@@ -295,3 +295,27 @@ def test_smollm2_served_alone_scores_each_example_from_its_log_probabilities(run
     rows = _rows(run, f"SELECT feature_id, method, reply FROM label_scores WHERE prompt_version = "
                       f"'{PROMPT_VERSION}-compact-each'")
     assert len({row[0] for row in rows}) == 2 and all(row[2] for row in rows)  # every record keeps its reply
+
+
+def test_the_report_shows_scored_labels_against_the_control(run):
+    import re
+
+    from thinklens.features.schema import migrate
+    from thinklens.pipeline.report import render_report
+
+    with sqlite3.connect(run / "features.db") as connection:
+        migrate(connection)
+        for feature in range(6):
+            connection.execute("INSERT OR REPLACE INTO autointerp VALUES (?, ?, '[]', '[]', ?, 0.5, 'big-model', ?)",
+                               (feature, f"label {feature}", 0.9, PROMPT_VERSION))
+            for control, accuracy in ((0, 0.9), (1, 0.5)):
+                connection.execute("INSERT INTO label_scores VALUES (?, 'big-model', ?, 'big-model', 'detection', ?, "
+                                   "'x', 16, ?, 0.7, ?, 0, '[...]')", (feature, PROMPT_VERSION, control,
+                                                                        accuracy + 0.01 * feature, accuracy))
+        connection.execute("INSERT INTO label_scores VALUES (9, 'big-model', ?, 'big-model', 'explain', 0, NULL, NULL, "
+                           "NULL, NULL, NULL, 1, 'no idea')", (PROMPT_VERSION,))
+    page = render_report(RunDir(run))
+    section = re.sub(r"<[^>]+>", " ", page[page.index("<section id='labels'>"):].split("</section>")[0])
+    assert "big-model" in section and "0.925 [" in section and "0.525 [" in section  # real and shuffled means
+    assert "yes / yes" in section  # 0.90–0.95 against 0.50–0.55: the control is beaten on both measures
+    assert "1 features got no usable label" in section and "label 5" in section

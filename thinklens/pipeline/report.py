@@ -26,7 +26,7 @@ from thinklens.pipeline.rundir import RunDir
 from thinklens.pipeline.stage import Stage, StageResult
 from thinklens.sae.formats import read_sae_card
 
-SECTIONS = ("findings", "summary", "prefix", "sinks", "shift", "features", "map", "steering", "reproduce")
+SECTIONS = ("findings", "summary", "prefix", "sinks", "shift", "features", "labels", "map", "steering", "reproduce")
 
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', Roboto, sans-serif; margin: 0 auto; max-width: 1180px;
@@ -62,6 +62,8 @@ def write_report(rundir: RunDir) -> tuple[Path, bool]:
     """
     inputs = {str(path.relative_to(rundir.root)): hashlib.sha256(path.read_bytes()).hexdigest()
               for path in _input_files(rundir)}
+    # the labels section shows a summary of features.db, not the file: the summary is the input
+    inputs["features.db:labels"] = hashlib.sha256(json.dumps(_stored_labels(rundir), default=str).encode()).hexdigest()
     if fresh_result(rundir.report_json, inputs, {}, [rundir.report_html]) is not None:
         return rundir.report_html, True
     page = render_report(rundir)
@@ -82,7 +84,7 @@ def render_report(rundir: RunDir) -> str:
         f"<p class=muted>run directory <code>{html.escape(str(run.resolve()))}</code></p>",
         "<nav>" + "".join(f"<a href='#{name}'>{name}</a>" for name in SECTIONS) + "</nav>",
         _findings(rundir, facts), _summary(facts), _prefix(rundir, facts), _sinks(rundir, facts), _shift(rundir, facts), _features(facts),
-        _map(rundir, facts), _steering(rundir, facts), _reproduce(rundir, facts),
+        _labels(rundir, facts), _map(rundir, facts), _steering(rundir, facts), _reproduce(rundir, facts),
     ]
     return (
         "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
@@ -128,7 +130,26 @@ def _load(rundir: RunDir) -> dict[str, Any]:
         "prefix": result("prefix"), "sinks": result("sinks"), "shift": result("shift"), "map": result("map"),
         "sweeps": sweeps,
         "findings": json.loads(rundir.findings_json.read_text())["result"] if rundir.findings_json.is_file() else None,
+        "labels": _stored_labels(rundir),
     }
+
+
+def _stored_labels(rundir: RunDir) -> dict[str, Any] | None:
+    """The LLM labels' scores in features.db (by model, prompt, scorer and method) and the best-scored labels."""
+    if not rundir.features_db.is_file():
+        return None
+    from thinklens.features.autointerp.run import stored_summary
+    from thinklens.features.db import open_read_only
+    from thinklens.features.labels import HEURISTIC_MODEL
+
+    connection = open_read_only(rundir.features_db)
+    try:
+        best = connection.execute("SELECT feature_id, label, quality, model_name FROM autointerp WHERE model_name != ? "
+                                  "AND quality IS NOT NULL ORDER BY quality DESC, feature_id LIMIT 10",
+                                  (HEURISTIC_MODEL,)).fetchall()
+        return {"groups": stored_summary(connection), "best": [list(row) for row in best]}
+    finally:
+        connection.close()
 
 
 def _eval_result(path: Path) -> dict[str, Any] | None:
@@ -293,6 +314,32 @@ def _features(facts: dict[str, Any]) -> str:
     return _section("features", "Segment-specific features", *parts)
 
 
+def _labels(rundir: RunDir, facts: dict[str, Any]) -> str:
+    labels = facts["labels"]
+    if not labels or not labels["groups"]:
+        return _section("labels", "LLM labels, scored", "<p>Only heuristic labels (dominant token and segment).</p>",
+                        _missing(f"thinklens explain {rundir.root} --base-url URL --model NAME"))
+    def interval(part: dict) -> str:
+        return "—" if part["mean"] is None else f"{part['mean']:.3f} [{part['low']:.3f}, {part['high']:.3f}]"
+    rows = [[g["model"], g["prompt_version"], g["scorer"], g["method"], g["real_ba"]["n"], g["unparsable"],
+             interval(g["real_ba"]), interval(g["shuffled_ba"]), interval(g["real_auroc"]), interval(g["shuffled_auroc"]),
+             f"{g['separates'].split(':')[0]} / {g['separates_auroc'].split(':')[0]}"]
+            for g in labels["groups"] if g["method"] != "explain"]
+    unlabelled = "".join(f"<p>{g['unparsable']} features got no usable label from {html.escape(str(g['model']))} "
+                         f"({html.escape(str(g['prompt_version']))}).</p>"
+                         for g in labels["groups"] if g["method"] == "explain")
+    intro = ("<p>Each label was scored on held-out examples it was not written from: <em>detection</em> (which texts "
+             "does the feature fire in?) and <em>fuzzing</em> (are the marked tokens where it fires?). The control "
+             "scores the same examples with another feature's label; real labels mean something only where they beat "
+             "it. Means over features with bootstrap 95 % intervals.</p>")
+    table = _table(["labels by", "prompt", "scorer", "method", "features", "unparsable", "balanced accuracy",
+                    "shuffled", "AUROC", "shuffled", "beats control (BA / AUROC)"], rows)
+    best = _table(["feature", "label", "detection balanced accuracy", "model"],
+                  [[f, label, _num(quality), model] for f, label, quality, model in labels["best"]]) \
+        if labels["best"] else ""
+    return _section("labels", "LLM labels, scored", intro, table, unlabelled, best)
+
+
 def _map(rundir: RunDir, facts: dict[str, Any]) -> str:
     run = rundir.root
     layout = facts["map"]
@@ -300,10 +347,21 @@ def _map(rundir: RunDir, facts: dict[str, Any]) -> str:
         return _section("map", "Feature map", _missing(f"thinklens map {run}"))
     link = "<p><a href='map.html'>Open the interactive map (map.html)</a>: hover for labels, search by text.</p>" \
         if rundir.map_html.is_file() else ""
+    what = "where they fire (stored examples per trace, tf-idf)" if layout.get("layout", "decoder") == "coactivation" \
+        else "their decoder directions"
+    agreement = layout.get("agreement") or {}
+    rows = [[key, f"{part['neighbours']:.3f} [{part['neighbours_low']:.3f}, {part['neighbours_high']:.3f}]",
+             f"{part['random']:.3f}", f"{part['ratio']:.1f}× [{part['ratio_low']:.1f}, {part['ratio_high']:.1f}]"]
+            for key, part in agreement.items() if "ratio" in part]
+    meaning = ("<p>How much the layout means: the share of (feature, one of its "
+               f"{next(iter(agreement.values()))['k']} nearest map neighbours) pairs that share a key, against random "
+               "pairs.</p>" + _table(["key", "neighbours agree", "random pairs agree", "ratio"], rows)) if rows else ""
+    regions = ", ".join(str(n) for n in layout.get("regions", []))
     return _section("map", "Feature map",
                     f"<p>{layout['live']:,} live features of {layout['features']:,} ({layout['dead']:,} dead, left "
-                    "out); UMAP of decoder directions under cosine distance, coloured by the segment where each fires "
-                    "most.</p>", link, _image(rundir.map_png, "feature map"))
+                    f"out); UMAP under cosine distance of {what}. Named regions (HDBSCAN, fine to coarse): "
+                    f"{regions or 'none'}; the static image is coloured by the segment where each fires most.</p>",
+                    link, _image(rundir.map_png, "feature map"), meaning)
 
 
 def _steering(rundir: RunDir, facts: dict[str, Any]) -> str:

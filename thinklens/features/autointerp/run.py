@@ -389,3 +389,26 @@ def _separates(real: list[float], shuffled: list[float]) -> str:
     if r["low"] > s["high"]:
         return "yes: the real labels' interval lies above the shuffled labels'"
     return "no: real labels do not beat shuffled ones by a clear margin (intervals overlap or lie below)"
+
+
+def stored_summary(connection: sqlite3.Connection) -> list[dict[str, object]]:
+    """Per (labelling model, prompt version, scorer, method) in a database: features scored, unparsable
+    answers, and the real and shuffled labels' mean balanced accuracy and AUROC with bootstrap intervals."""
+    groups: dict[tuple, dict[str, list]] = {}
+    for model, version, scorer, method, control, accuracy, auroc, unparsable in _rows(connection, (
+            "SELECT model_name, prompt_version, scorer, method, control, balanced_accuracy, auroc, unparsable "
+            "FROM label_scores ORDER BY model_name, prompt_version, scorer, method"), ()):
+        group = groups.setdefault((model, version, scorer, method), {"unparsable": [], "real_ba": [], "shuffled_ba": [],
+                                                                     "real_auroc": [], "shuffled_auroc": []})
+        group["unparsable"].append(bool(unparsable) and not control)
+        kind = "shuffled" if control else "real"
+        if accuracy is not None:
+            group[f"{kind}_ba"].append(accuracy)
+        if auroc is not None:
+            group[f"{kind}_auroc"].append(auroc)
+    return [{"model": model, "prompt_version": version, "scorer": scorer, "method": method,
+             "unparsable": sum(group["unparsable"]),
+             **{key: _mean_interval(values) for key, values in group.items() if key != "unparsable"},
+             "separates": _separates(group["real_ba"], group["shuffled_ba"]),
+             "separates_auroc": _separates(group["real_auroc"], group["shuffled_auroc"])}
+            for (model, version, scorer, method), group in groups.items()]

@@ -1,4 +1,4 @@
-"""map: the UMAP of the SAE's decoder directions → RUN/map.html, RUN/map.png, RUN/analysis/map.json."""
+"""map: UMAP of the SAE's features with named regions → RUN/map.html, RUN/map.png, RUN/analysis/map.json."""
 
 from __future__ import annotations
 
@@ -28,8 +28,9 @@ STAGE = Stage(
     name="map",
     config=MapConfig,
     run=run,
-    help="UMAP of the SAE's decoder directions → RUN/map.html (DataMapPlot, works offline) and RUN/map.png.",
+    help="UMAP of the SAE's features (where they fire, or their decoder directions) with named regions → "
+         "RUN/map.html (DataMapPlot, works offline) and RUN/map.png.",
     reads=("sae", "features_db"),
     writes=("map_html", "map_png", "analysis_json:map"),
-    options={"n_neighbors": "n_neighbors", "min_dist": "min_dist", "seed": "seed"},
+    options={"n_neighbors": "n_neighbors", "min_dist": "min_dist", "seed": "seed", "layout": "layout"},
 )
