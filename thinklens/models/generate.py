@@ -85,10 +85,7 @@ def generate(
     device = input_ids.device
     generator = None if sampling.greedy else torch.Generator(device=device).manual_seed(seed)
     eos = torch.tensor(sorted(set(eos_token_ids)), device=device)
-    completions: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    logprobs: list[list[float]] = [[] for _ in range(input_ids.shape[0])]
-    tops: list[list[list[tuple[int, float]]]] = [[] for _ in range(input_ids.shape[0])]
-    finish = ["length"] * input_ids.shape[0]
+    results = [Generated([], "length", []) for _ in range(input_ids.shape[0])]
     rows = torch.arange(input_ids.shape[0], device=device)  # original index of each row still running
     ids, mask = input_ids, attention_mask
     positions = (mask.cumsum(dim=-1) - 1).masked_fill(mask == 0, -1)  # token index in its sequence; pads −1
@@ -97,22 +94,14 @@ def generate(
     for step in range(max_new_tokens):
         logits = output.logits[:, -1, :]
         tokens = next_tokens(logits, sampling, generator)
-        distribution = torch.log_softmax(logits.float(), dim=-1)
-        chosen = distribution.gather(-1, tokens[:, None]).squeeze(-1)
-        if top_logprobs > 0:
-            best = distribution.topk(min(top_logprobs, distribution.shape[-1]), dim=-1)
-            for row, values, indices in zip(rows.tolist(), best.values.tolist(), best.indices.tolist(), strict=True):
-                tops[row].append(list(zip(indices, values, strict=True)))
+        _record(results, rows, logits, tokens, top_logprobs)
         if observer is not None:
             observer.after_tokens(rows, tokens)
-        for row, token, logprob in zip(rows.tolist(), tokens.tolist(), chosen.tolist(), strict=True):
-            completions[row].append(token)
-            logprobs[row].append(logprob)
         if on_step is not None:
             on_step(rows.tolist(), tokens.tolist())
         done = torch.isin(tokens, eos)
         for row in rows[done].tolist():
-            finish[row] = "eos"
+            results[row].finish_reason = "eos"
         if done.all() or step == max_new_tokens - 1:
             break
         if done.any():
@@ -127,7 +116,21 @@ def generate(
             output = _forward(model, tokens[:, None], mask, positions[:, -1:], cache, observer, rows, keep_last=False)
         else:
             output = _forward(model, ids, mask, positions, None, observer, rows, keep_last=True)
-    return [Generated(*fields) for fields in zip(completions, finish, logprobs, tops, strict=True)]
+    return results
+
+
+def _record(results: list[Generated], rows: torch.Tensor, logits: torch.Tensor, tokens: torch.Tensor,
+            top_logprobs: int) -> None:
+    """Append each running row's chosen token, its log-probability and (when asked) the likeliest ones."""
+    distribution = torch.log_softmax(logits.float(), dim=-1)
+    chosen = distribution.gather(-1, tokens[:, None]).squeeze(-1)
+    for row, token, logprob in zip(rows.tolist(), tokens.tolist(), chosen.tolist(), strict=True):
+        results[row].token_ids.append(token)
+        results[row].logprobs.append(logprob)
+    if top_logprobs > 0:
+        best = distribution.topk(min(top_logprobs, distribution.shape[-1]), dim=-1)
+        for row, values, indices in zip(rows.tolist(), best.values.tolist(), best.indices.tolist(), strict=True):
+            results[row].top_logprobs.append(list(zip(indices, values, strict=True)))
 
 
 def _forward(model, input_ids, mask, positions, cache, observer, rows, keep_last: bool):
