@@ -298,7 +298,10 @@ def _partners(todo: list[int], explained: dict[int, tuple[Explanation | None, st
 
 def _score_all(client: ChatClient, examples: FeatureExamples, label: Explanation | None,
                partner: Explanation | None, seed: int, scoring: str = "list") -> dict[tuple[str, bool], Scored]:
-    """Every method, with the feature's label and with the control's (the same examples for both)."""
+    """Every method, with the feature's label and with the control's (the same examples for both); nothing
+    for a feature without a label (a control has nothing to be compared with)."""
+    if label is None:
+        return {}
     score = _score_each if scoring == "each" else _score
     out = {}
     for task in scoring_tasks(examples, seed):
