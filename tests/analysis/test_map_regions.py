@@ -42,3 +42,25 @@ def test_neighbour_agreement_sees_a_layout_that_groups_keys_and_one_that_does_no
     assert shuffled["ratio_low"] < 1 < shuffled["ratio_high"]  # keys unrelated to the layout: no agreement
     partial = neighbour_agreement(coordinates, ["a"] * 60 + [None] * 60, k=5)
     assert partial["points"] == 60  # points without a key are left out
+
+
+def test_a_model_names_regions_from_their_labels_and_token_names_stay_where_it_cannot():
+    from thinklens.analysis.map_regions import llm_region_names
+
+    names = np.array(["'7'", "'7'", "'Carol'", "'Carol'", "'Ben'", NOISE_LABEL], dtype=object)
+    labels = ["digit seven", "the number 7", "a name", "names of people", "another name", "noise"]
+    prompts = []
+
+    def ask(prompt: str) -> str:
+        prompts.append(prompt)
+        if "digit seven" in prompt:
+            return 'Sure: {"label": "Numbers"}'
+        if "another name" in prompt:
+            return '{"label": "<the region\'s name>"}'  # an echo of the template: no name
+        return '{"label": "People"}'
+
+    renamed, count = llm_region_names(names, labels, ask)
+    assert list(renamed) == ["Numbers", "Numbers", "People", "People", "'Ben'", NOISE_LABEL] and count == 2
+    assert len(prompts) == 3 and all("noise" not in p for p in prompts)  # one question per region; noise is no region
+    twice, _ = llm_region_names(np.array(["a", "b"], dtype=object), ["x", "y"], lambda _p: '{"label": "Same"}')
+    assert sorted(twice) == ["Same", "Same (2)"]  # two regions stay two

@@ -319,3 +319,16 @@ def test_the_report_shows_scored_labels_against_the_control(run):
     assert "big-model" in section and "0.925 [" in section and "0.525 [" in section  # real and shuffled means
     assert "yes / yes" in section  # 0.90–0.95 against 0.50–0.55: the control is beaten on both measures
     assert "1 features got no usable label" in section and "label 5" in section
+
+
+@pytest.mark.integration
+def test_map_regions_named_over_http_fall_back_to_token_names(endpoint, run):
+    from thinklens.analysis.featuremap import MapConfig, feature_map
+
+    url, model = endpoint
+    config = MapConfig(n_neighbors=5, region_sizes=(3,), namer_base_url=url, namer_model=model)
+    named = feature_map(run / "sae", run / "features.db", config)
+    assert len(named.named_by_model) == 1 and 0 <= named.named_by_model[0] <= named.regions[0]
+    assert all(p.regions[0].strip() for p in named.points)
+    with pytest.raises(ValueError, match="both --namer-base-url and --namer-model"):
+        MapConfig(namer_base_url=url)

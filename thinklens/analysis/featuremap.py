@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from thinklens.analysis.map_regions import default_min_sizes, name_regions, neighbour_agreement, region_levels
 from thinklens.data.segments import SEGMENT_NAMES
@@ -53,6 +53,16 @@ class MapConfig(BaseModel):
         default=None, description="HDBSCAN minimum cluster sizes, fine to coarse, one label layer each "
                                   "(default: from the number of live features).")
     agreement_k: int = Field(default=5, ge=1, description="Map neighbours per point in the agreement measure.")
+    namer_base_url: str | None = Field(default=None, description="OpenAI-compatible endpoint that names the regions "
+                                                                 "from their members' labels (default: token names).")
+    namer_model: str | None = Field(default=None, description="Model that names the regions (with --namer-base-url).")
+    namer_api_key_env: str | None = Field(default="OPENAI_API_KEY", description="Variable holding the namer's key.")
+
+    @model_validator(mode="after")
+    def _namer_whole(self) -> MapConfig:
+        if (self.namer_base_url is None) != (self.namer_model is None):
+            raise ValueError("naming regions by a model needs both --namer-base-url and --namer-model")
+        return self
 
 
 @dataclass
@@ -82,6 +92,7 @@ class FeatureMap:
     region_sizes: list[int] = field(default_factory=list)
     regions: list[int] = field(default_factory=list)  # regions per level
     agreement: dict[str, dict[str, float | int]] = field(default_factory=dict)  # key → neighbours vs random
+    named_by_model: list[int] = field(default_factory=list)  # per level: regions the namer named (the rest: tokens)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,6 +135,9 @@ def feature_map(sae_dir: Path, db_path: Path, config: MapConfig) -> FeatureMap:
     sizes = list(config.region_sizes or default_min_sizes(len(live)))
     levels = region_levels(coordinates, sizes, config.seed)
     names = [name_regions(level, tokens, segments) for level in levels]
+    named_by_model = []
+    if config.namer_base_url is not None:
+        names, named_by_model = _model_names(config, names, [stats[f][1] or "" for f in live])
     points = [
         MapPoint(feature_id=f, x=float(x), y=float(y), segment=segments[i], label=stats[f][1] or f"feature {f}",
                  top_tokens=tokens[i], density=float(stats[f][0]), regions=[str(level[i]) for level in names])
@@ -136,7 +150,18 @@ def feature_map(sae_dir: Path, db_path: Path, config: MapConfig) -> FeatureMap:
     title = config.title or f"{meta.get('model')} · layer {meta.get('layer')} · {meta.get('sae_arch')} {sae.config.d_sae}"
     return FeatureMap(title=title, features=sae.config.d_sae, live=len(live), dead=sae.config.d_sae - len(live),
                       points=points, layout=config.layout, region_sizes=sizes,
-                      regions=[len(set(level.tolist()) - {-1}) for level in levels], agreement=agreement)
+                      regions=[len(set(level.tolist()) - {-1}) for level in levels], agreement=agreement,
+                      named_by_model=named_by_model)
+
+
+def _model_names(config: MapConfig, names: list[np.ndarray], labels: list[str]) -> tuple[list[np.ndarray], list[int]]:
+    """Every level's regions named by the configured model from their members' labels."""
+    from thinklens.analysis.map_regions import llm_region_names
+    from thinklens.features.autointerp.client import ChatClient
+
+    client = ChatClient(config.namer_base_url, config.namer_model, config.namer_api_key_env, max_tokens=64)
+    renamed = [llm_region_names(level, labels, client.ask) for level in names]
+    return [level for level, _ in renamed], [count for _, count in renamed]
 
 
 def _feature_stats(db: FeatureDB) -> dict[int, tuple]:

@@ -89,3 +89,30 @@ def neighbour_agreement(coordinates: np.ndarray, keys: Sequence[str | None], k: 
             "random_low": float(np.quantile(far_means, 0.025)), "random_high": float(np.quantile(far_means, 0.975)),
             "ratio": float(near.mean() / max(far.mean(), 1e-12)), "ratio_low": float(np.quantile(ratio, 0.025)),
             "ratio_high": float(np.quantile(ratio, 0.975))}
+
+
+REGION_PROMPT = """These are the labels of features of a language model that sit together in one region of a map:
+{labels}
+Name what the region is about in at most 5 words. Reply as JSON: {{"label": "<the region's name>"}}"""
+
+
+def llm_region_names(names: np.ndarray, labels: Sequence[str], ask, most_labels: int = 20) -> tuple[np.ndarray, int]:
+    """The regions of one level renamed by a language model from their members' labels (`ask(prompt) -> reply`);
+    a region whose answer has no usable name keeps its token name. Returns (names, how many the model named)."""
+    from thinklens.features.autointerp.replies import Unparsable, parse_explanation
+
+    renamed: dict[str, str] = {}
+    for region in sorted(set(names.tolist()) - {NOISE_LABEL}):
+        members = [labels[i] for i in np.flatnonzero(names == region)]
+        shown = "\n".join(f"- {label}" for label, _ in Counter(members).most_common(most_labels))
+        prompt = REGION_PROMPT.format(labels=shown)
+        try:
+            renamed[region] = parse_explanation(ask(prompt), instructions=REGION_PROMPT).label
+        except Unparsable:
+            continue
+    used: Counter = Counter()
+    unique = {}
+    for region, name in renamed.items():  # two regions given one name stay two regions
+        used[name] += 1
+        unique[region] = name if used[name] == 1 else f"{name} ({used[name]})"
+    return np.array([unique.get(n, n) for n in names.tolist()], dtype=object), len(unique)

@@ -357,6 +357,8 @@ def _map(rundir: RunDir, facts: dict[str, Any]) -> str:
                f"{next(iter(agreement.values()))['k']} nearest map neighbours) pairs that share a key, against random "
                "pairs.</p>" + _table(["key", "neighbours agree", "random pairs agree", "ratio"], rows)) if rows else ""
     regions = ", ".join(str(n) for n in layout.get("regions", []))
+    if layout.get("named_by_model"):
+        regions += f" (named by a model: {', '.join(str(n) for n in layout['named_by_model'])}; the rest by tokens)"
     return _section("map", "Feature map",
                     f"<p>{layout['live']:,} live features of {layout['features']:,} ({layout['dead']:,} dead, left "
                     f"out); UMAP under cosine distance of {what}. Named regions (HDBSCAN, fine to coarse): "

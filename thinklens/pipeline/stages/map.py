@@ -32,5 +32,6 @@ STAGE = Stage(
          "RUN/map.html (DataMapPlot, works offline) and RUN/map.png.",
     reads=("sae", "features_db"),
     writes=("map_html", "map_png", "analysis_json:map"),
-    options={"n_neighbors": "n_neighbors", "min_dist": "min_dist", "seed": "seed", "layout": "layout"},
+    options={"n_neighbors": "n_neighbors", "min_dist": "min_dist", "seed": "seed", "layout": "layout",
+             "namer_base_url": "namer_base_url", "namer_model": "namer_model"},
 )
