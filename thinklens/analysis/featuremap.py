@@ -246,12 +246,13 @@ def plot_map(feature_map_: FeatureMap, path: Path) -> Path:
 
 
 def _name_largest_regions(axis, feature_map_: FeatureMap, coordinates: np.ndarray, most: int = 12) -> None:
-    """The coarsest level's largest regions, named at their medians."""
+    """The middle level's largest regions (the coarsest has too few to read by), named at their medians."""
     from thinklens.analysis.map_regions import NOISE_LABEL
 
     if not feature_map_.points or not feature_map_.points[0].regions:
         return
-    names = np.array([p.regions[-1] for p in feature_map_.points], dtype=object)
+    level = len(feature_map_.points[0].regions) // 2
+    names = np.array([p.regions[level] for p in feature_map_.points], dtype=object)
     for name, _ in Counter(n for n in names.tolist() if n != NOISE_LABEL).most_common(most):
         x, y = np.median(coordinates[names == name], axis=0)
         axis.text(x, y, name, fontsize=7, ha="center", va="center",

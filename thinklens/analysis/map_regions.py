@@ -61,8 +61,8 @@ def name_regions(clusters: np.ndarray, top_tokens: Sequence[Sequence[str]], segm
 
 
 def _clean(tokens: Sequence[str]) -> list[str]:
-    """Tokens as a reader sees them (stripped; empty and pure-whitespace tokens dropped)."""
-    return [t.strip() for t in tokens if t.strip()]
+    """Tokens as a reader sees them (stripped; empty, whitespace and partial-UTF-8 tokens dropped)."""
+    return [t.strip() for t in tokens if t.strip() and "\ufffd" not in t]
 
 
 def neighbour_agreement(coordinates: np.ndarray, keys: Sequence[str | None], k: int = 5, draws: int = 1000,
