@@ -75,6 +75,14 @@ class HarvestConfig(BaseModel):
         description="Where the model runs: 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...; "
         "default: where the traces' model ran.",
     )
+    workers: int = Field(default=1, ge=1, le=1024, description="Ray actors harvesting at once, one model each "
+                                                               "(1: this process, no Ray).")
+    ray_address: str | None = Field(default=None, description="Ray cluster to join ('auto': the running one); "
+                                                              "default: a local one of --workers CPUs.")
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers > 1 or self.ray_address is not None
 
 
 @dataclass
@@ -132,12 +140,20 @@ def harvest(
         return HarvestResult(store.directory, 0, len(plan), 0, store.token_count, time.perf_counter() - started)
     traces.verify(_TRACE_COLUMNS)
 
-    loaded = loaded or load_model(model_config)
-    layers = sorted({resolve_layer(loaded.model, layer) for layer in config.layers})
     chat_format = traces.read(["format"]).column(0)[0].as_py()  # the format collect resolved, not 'auto'
-    _check_space(store.directory, sum(shard.rows for shard in todo), d_model(loaded.model), len(layers),
-                 config.dtype if config.dtype != "auto" else str(loaded.model.dtype).removeprefix("torch."))
-    manifest = _manifest(store, identity, loaded, config, chat_format, done)
+    if config.distributed:
+        from thinklens.activations.distributed import harvest_on_ray
+
+        written, redone = harvest_on_ray(config, model_config, traces_dir, store, identity, chat_format, plan, done,
+                                         show_progress)
+        return HarvestResult(store.directory, redone, len(plan) - redone, written, store.token_count,
+                             time.perf_counter() - started)
+    loaded = loaded or load_model(model_config)
+    facts = ModelFacts.of(loaded, config)
+    layers = facts.layers
+    _check_space(store.directory, sum(shard.rows for shard in todo), facts.d_model, len(layers),
+                 config.dtype if config.dtype != "auto" else facts.dtype)
+    manifest = _manifest(store, identity, facts, config, chat_format, done)
     special_ids = set(loaded.tokenizer.all_special_ids)
     written = 0
     with ThreadPoolExecutor(max_workers=1) as writer, progress_bar(
@@ -156,6 +172,7 @@ def harvest(
             pending.result()
     manifest.complete = True
     store.write_manifest(manifest)
+    store.clear_markers()  # a distributed harvest's, redone here
     seconds = time.perf_counter() - started
     return HarvestResult(store.directory, len(todo), len(plan) - len(todo), written, store.token_count, seconds)
 
@@ -213,27 +230,47 @@ def _claim(store: ActivationStore, identity: dict[str, Any], plan: list[ShardInf
     return store.intact_shards()  # a shard whose file went missing is harvested again, with all after it
 
 
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the manifest records of the loaded model (a Ray worker reports them from its own copy)."""
+
+    location: str
+    fingerprint: str
+    revision: str | None
+    d_model: int
+    dtype: str  # the model's own
+    layers: list[int]  # the asked layers, resolved (negative ones counted from the end)
+
+    @classmethod
+    def of(cls, loaded: LoadedModel, config: HarvestConfig) -> ModelFacts:
+        return cls(loaded.spec.location if loaded.spec.kind == "hub" else loaded.config.model, loaded.fingerprint,
+                   loaded.config.revision, d_model(loaded.model), str(loaded.model.dtype).removeprefix("torch."),
+                   sorted({resolve_layer(loaded.model, layer) for layer in config.layers}))
+
+
+PLACEMENT = {"workers", "ray_address"}  # how a harvest ran, not what it wrote: kept out of the manifest
+
+
 def _manifest(
     store: ActivationStore,
     identity: dict[str, Any],
-    loaded: LoadedModel,
+    facts: ModelFacts,
     config: HarvestConfig,
     chat_format: str,
     done: list[ShardInfo],
 ) -> ActivationManifest:
-    model_dtype = str(loaded.model.dtype).removeprefix("torch.")
     manifest = ActivationManifest(
         format_version=STORE_FORMAT_VERSION,
         identity=identity,
-        model=loaded.spec.location if loaded.spec.kind == "hub" else loaded.config.model,
-        model_fingerprint=loaded.fingerprint,
-        revision=loaded.config.revision,
+        model=facts.location,
+        model_fingerprint=facts.fingerprint,
+        revision=facts.revision,
         layers=identity["layers"],
         names=[f"layers.{layer}.resid_post" for layer in identity["layers"]],
-        d_model=d_model(loaded.model),
-        dtype=model_dtype if config.dtype == "auto" else config.dtype,
+        d_model=facts.d_model,
+        dtype=facts.dtype if config.dtype == "auto" else config.dtype,
         chat_format=chat_format,
-        arguments=config.model_dump(mode="json"),
+        arguments=config.model_dump(mode="json", exclude=PLACEMENT),
         shards=list(done),
         token_count=sum(shard.rows for shard in done),
         complete=False,

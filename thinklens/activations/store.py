@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from thinklens.models.loader import ModelConfig
 STORE_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 INDEX_DIR = "index"
+MARKER_DIR = "_finished"  # one file per shard a distributed harvest finished; folded into the manifest at the end
 
 INDEX_SCHEMA = pa.schema(
     [
@@ -203,16 +204,45 @@ class ActivationStore:
         """The completed shards, in order, up to the first whose files are missing or short (a file deleted or
         truncated by hand): harvest redoes that one and those after it."""
         manifest = self.manifest()
-        itemsize = storage_itemsize(manifest.dtype)
         intact = []
         for shard in manifest.shards:
-            expected = shard.rows * manifest.d_model * itemsize
-            files = [self.shard_path(layer, shard.shard) for layer in manifest.layers]
-            if not self.index_path(shard.shard).is_file() or any(
-                    not path.is_file() or path.stat().st_size != expected for path in files):
+            if not self.shard_intact(shard, manifest.layers, manifest.d_model, manifest.dtype):
                 break
             intact.append(shard)
         return intact
+
+    def shard_intact(self, shard: ShardInfo, layers: list[int], width: int, dtype: str) -> bool:
+        """Whether the shard's index part and every layer's file are there, each file of its full size."""
+        expected = shard.rows * width * storage_itemsize(dtype)
+        files = [self.shard_path(layer, shard.shard) for layer in layers]
+        return self.index_path(shard.shard).is_file() and all(
+            path.is_file() and path.stat().st_size == expected for path in files)
+
+    # ------------------------------------------------------------------ markers (distributed harvest)
+    def marker_path(self, shard: int) -> Path:
+        return self.directory / MARKER_DIR / f"shard-{shard:05d}.json"
+
+    def mark_finished(self, shard: ShardInfo) -> None:
+        """Written by a worker after the shard's files: the shard counts once the manifest is assembled."""
+        write_json_atomic(self.marker_path(shard.shard), asdict(shard))
+
+    def marked_shards(self) -> dict[int, ShardInfo]:
+        """The shards whose markers are readable (their files still need checking)."""
+        marked = {}
+        for path in sorted((self.directory / MARKER_DIR).glob("shard-*.json")):
+            try:
+                shard = ShardInfo(**json.loads(path.read_text()))
+            except (ValueError, TypeError):
+                continue  # a marker half-written cannot be: they are atomic; anything else is not ours
+            marked[shard.shard] = shard
+        return marked
+
+    def clear_markers(self) -> None:
+        directory = self.directory / MARKER_DIR
+        for path in directory.glob("*"):
+            path.unlink()
+        if directory.is_dir():
+            directory.rmdir()
 
     @property
     def token_count(self) -> int:
@@ -237,7 +267,8 @@ class ActivationStore:
             pq.write_table(index, temp, compression="zstd", write_page_checksum=True)
 
     def remove_stale_temps(self) -> None:
-        for directory in [self.directory, self.directory / INDEX_DIR, *self.directory.glob("layers.*")]:
+        for directory in [self.directory, self.directory / INDEX_DIR, self.directory / MARKER_DIR,
+                          *self.directory.glob("layers.*")]:
             remove_stale_temps(directory)
 
     # ------------------------------------------------------------------ reading

@@ -37,7 +37,7 @@ STAGE = Stage(
     reads=("traces",),
     writes=("activations",),
     options={"layer": "layers", "dtype": "dtype", "shard_tokens": "shard_tokens", "batch_tokens": "batch_tokens",
-             "massive_ratio": "massive_ratio", "device": "device"},
+             "massive_ratio": "massive_ratio", "device": "device", "workers": "workers", "ray_address": "ray_address"},
     short={"layer": "-l"},
     needs_section=True,
 )
