@@ -20,9 +20,9 @@ PROMPTS = ["What is 2 + 3?", "Alice is taller than Bob. Bob is taller than Carol
 PREFILLS = ["Okay, so the user", "Okay, so the user has asked a question about who is tallest and"]
 
 
-@pytest.fixture(scope="module")
-def variant_parts(tiny_models):
-    loaded = load_model(ModelConfig(model=str(tiny_models["qwen2"]), device="cpu"))
+@pytest.fixture(scope="module", params=["qwen2", "deepseek_v3"])  # a dense model, and R1's family (MoE, MLA)
+def variant_parts(tiny_models, request):
+    loaded = load_model(ModelConfig(model=str(tiny_models[request.param]), device="cpu"))
     torch.manual_seed(0)
     sae = Sae(SaeConfig(arch="topk", d_in=64, d_sae=128, k=8, layer=1))
     typical = {feature: 2.0 for feature in range(128)}
@@ -137,7 +137,7 @@ def test_bad_specs_are_refused(variant_parts):
 
 
 def test_the_steering_layer_follows_the_one_rule(variant_parts):
-    loaded, sae, typical = variant_parts  # a 2-layer model; the SAE reads layer 1
+    loaded, sae, typical = variant_parts  # a 2- or 3-layer model; the SAE reads layer 1
     assert Variant(loaded, sae, typical, fmt=make_format("r1")).layer == 1
     assert Variant(loaded, sae, typical, fmt=make_format("r1"), layer=1).layer == 1
     with pytest.raises(ThinklensError, match="reads layer 1 but layer 0 was asked"):
@@ -146,7 +146,7 @@ def test_the_steering_layer_follows_the_one_rule(variant_parts):
     assert Variant(loaded, unnamed, typical, fmt=make_format("r1"), layer=1).layer == 1
     variant = Variant(loaded, unnamed, typical, fmt=make_format("r1"))
     variant.generate(PROMPTS[:1], 2, Sampling(greedy=True))  # unsteered generation needs no layer
-    with pytest.raises(ThinklensError, match=r"names no layer: pass layer= to Variant.* \(layers in the model .*: 0, 1\)"):
+    with pytest.raises(ThinklensError, match=r"names no layer: pass layer= to Variant.* \(layers in the model .*: 0, 1(, 2)?\)"):
         variant.set(feature=3, strength=1.0).generate(PROMPTS[:1], 2, Sampling(greedy=True))
 
 
