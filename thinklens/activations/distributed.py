@@ -124,8 +124,9 @@ def _run_shards(ray, workers: list[Any], shards: list[ShardInfo], dtype: str, al
 
 
 @contextmanager
-def ray_session(config: HarvestConfig):
-    """Ray, joined at `ray_address` or started locally with `workers` CPUs (and shut down after)."""
+def ray_session(config: Any):
+    """Ray, joined at `config.ray_address` or started locally with `config.workers` CPUs (and shut down
+    after); `config` is any stage's config with those two fields."""
     try:
         import ray
     except ImportError:

@@ -33,8 +33,7 @@ def write_map_html(feature_map_: FeatureMap, path: Path) -> Path:
             *layers,  # fine to coarse: the labels shown change as one zooms
             hover_text=np.array(feature_map_.hover_text(), dtype=object),
             title=feature_map_.title,
-            sub_title=f"{feature_map_.live} live features ({feature_map_.dead} dead left out) in named regions; "
-                      "the colour menu switches to the segment where each fires most",
+            sub_title=f"{feature_map_.live} live features ({feature_map_.dead} dead left out), by region",
             noise_label=NOISE_LABEL,
             font_family="Roboto",
             enable_search=True,

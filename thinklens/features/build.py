@@ -15,6 +15,7 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from thinklens.activations.store import ActivationManifest, ActivationStore
 from thinklens.data.segments import SEGMENT_NAMES
 from thinklens.data.traces import TraceStore
+from thinklens.errors import ThinklensError
 from thinklens.features.db import FeatureDB
 from thinklens.features.labels import HEURISTIC_MODEL, HEURISTIC_VERSION, heuristic_labels
 from thinklens.features.schema import migrate
@@ -64,6 +66,14 @@ class IndexConfig(BaseModel):
     )
     allow_other_model: bool = Field(
         default=False, description="Use an SAE trained on another model than the run's (a deliberate transfer).")
+    workers: int = Field(default=1, ge=1, le=1024, description="Ray actors encoding shards at once, one SAE each "
+                                                               "(1: this process, no Ray).")
+    ray_address: str | None = Field(default=None, description="Ray cluster to join ('auto': the running one); "
+                                                              "default: a local one of --workers CPUs.")
+
+    @property
+    def distributed(self) -> bool:
+        return self.workers > 1 or self.ray_address is not None
 
 
 
@@ -85,7 +95,7 @@ class IndexResult:
 class _FeatureStats:
     """Everything accumulated per feature while encoding."""
 
-    def __init__(self, d_sae: int, config: IndexConfig) -> None:
+    def __init__(self, d_sae: int, config: IndexConfig, shard: int = 0) -> None:
         self.firing = torch.zeros(d_sae, dtype=torch.long)
         self.total = torch.zeros(d_sae, dtype=torch.float64)
         self.per_segment = torch.zeros(d_sae, len(SEGMENT_NAMES), dtype=torch.long)
@@ -93,7 +103,21 @@ class _FeatureStats:
         self.segment_tokens = torch.zeros(len(SEGMENT_NAMES), dtype=torch.long)
         self.top = TopPerFeature(d_sae, config.top)
         self.reservoir = TopPerFeature(d_sae, max(4 * config.quantile_samples, 1))  # uniform sample via random keys
-        self.generator = torch.Generator().manual_seed(config.seed)
+        # Each shard samples with its own seed, so a shard's partial state is the same whichever worker makes it.
+        self.generator = torch.Generator().manual_seed(config.seed * 1_000_003 + shard)
+
+    def __getstate__(self) -> dict[str, Any]:  # a Ray worker sends its partial state; the generator stays
+        return {key: value for key, value in self.__dict__.items() if key != "generator"}
+
+    def merge(self, other: _FeatureStats) -> None:
+        """Fold another shard's partial state into this one (in shard order, the result is deterministic)."""
+        self.firing += other.firing
+        self.total += other.total
+        self.per_segment += other.per_segment
+        self.histogram += other.histogram
+        self.segment_tokens += other.segment_tokens
+        self.top.merge(other.top)
+        self.reservoir.merge(other.reservoir)
 
     def add(self, features: torch.Tensor, values: torch.Tensor, sequence_ids: torch.Tensor, token_idx: torch.Tensor,
             segments: torch.Tensor) -> None:
@@ -138,19 +162,20 @@ def build_index(
     tokenizer = loaded.tokenizer
     stats = _FeatureStats(sae.config.d_sae, config)
     indexed = 0
+    if config.distributed and config.store_all:
+        raise ThinklensError("--store-all keeps every activation in one database writer: index it without --workers")
     with atomic_path(Path(db_path)) as temp, closing(sqlite3.connect(temp)) as connection:  # closed on any error
         connection.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;")  # a temp file until renamed
         migrate(connection)
         vocabulary: set[int] = set()
         with progress_bar("index", total=store.token_count, enabled=show_progress) as bar:
-            for shard in store.shards():
-                index = store.read_index(shard).to_pydict()
+            for shard, (partial, count) in _shard_states(sae, store, layer, config, connection, sae_dir):
+                index = store.read_index(shard, ["sequence_id", "token_idx", "token_id", "segment"]).to_pydict()
                 _insert_tokens(connection, index)
                 vocabulary.update(np.unique(index["token_id"]).tolist())
-                for start in range(0, shard.rows, config.batch_size):
-                    stop = min(start + config.batch_size, shard.rows)
-                    indexed += _encode_chunk(sae, store, layer, shard, index, start, stop, config, stats, connection)
-                    bar.advance(stop - start, tokens=stop - start)
+                stats.merge(partial)
+                indexed += count
+                bar.advance(shard.rows, tokens=shard.rows)
         _insert_vocab(connection, tokenizer, vocabulary)
         _insert_sequences(connection, traces_dir)
         unembedding = loaded.model.get_output_embeddings()
@@ -197,8 +222,35 @@ def _sha256(path: Path) -> str:
 
 
 @torch.no_grad()
+def _shard_states(sae: Sae, store: ActivationStore, layer: int, config: IndexConfig,
+                  connection: sqlite3.Connection, sae_dir: Path) -> Iterator[tuple[Any, tuple[_FeatureStats, int]]]:
+    """(shard, (its partial state, tokens indexed)) in shard order: computed here, or by Ray workers."""
+    if config.distributed:
+        from thinklens.features.distributed import shard_states_on_ray
+
+        yield from shard_states_on_ray(config, sae_dir, store, layer)
+        return
+    for shard in store.shards():
+        yield shard, shard_state(sae, store, layer, shard, config, connection)
+
+
+@torch.inference_mode()
+def shard_state(sae: Sae, store: ActivationStore, layer: int, shard, config: IndexConfig,
+                connection: sqlite3.Connection | None = None) -> tuple[_FeatureStats, int]:
+    """The map step: one shard encoded into its own partial state; returns it with the tokens indexed."""
+    stats = _FeatureStats(sae.config.d_sae, config, shard.shard)
+    index = store.read_index(shard).to_pydict()
+    indexed = 0
+    for start in range(0, shard.rows, config.batch_size):
+        stop = min(start + config.batch_size, shard.rows)
+        indexed += _encode_chunk(sae, store, layer, shard, index, start, stop, config, stats, connection)
+    stats.top.finish()
+    stats.reservoir.finish()
+    return stats, indexed
+
+
 def _encode_chunk(sae: Sae, store: ActivationStore, layer: int, shard, index: dict[str, list], start: int, stop: int,
-                  config: IndexConfig, stats: _FeatureStats, connection: sqlite3.Connection) -> int:
+                  config: IndexConfig, stats: _FeatureStats, connection: sqlite3.Connection | None) -> int:
     keep = np.ones(stop - start, dtype=bool)
     if not config.include_special:
         keep &= ~np.asarray(index["special"][start:stop], dtype=bool)

@@ -62,6 +62,14 @@ class TopPerFeature:
         self.sequence_ids[rows, slots] = all_sequences[keep]
         self.token_idx[rows, slots] = all_tokens[keep]
 
+    def merge(self, other: TopPerFeature) -> None:
+        """Offer every entry another state holds (a shard's partial top-N), best first per feature."""
+        other.finish()
+        filled = other.sequence_ids >= 0
+        features = torch.nonzero(filled)[:, 0]
+        self.update(features, other.scores[filled], other.values[filled], other.sequence_ids[filled],
+                    other.token_idx[filled])
+
     def finish(self) -> None:
         """Merge what is pending; call before reading the state arrays directly."""
         self._merge()

@@ -132,7 +132,8 @@ def map_page(request: Request, run: str) -> HTMLResponse:
     ids = [point["feature_id"] for point in served_run.map_points()]
     script = (f"<script>(() => {{ const ids = {json.dumps(ids)}; const run = {json.dumps(run)};"
               "function hook() { if (typeof datamap === 'undefined' || !datamap.deckgl) { setTimeout(hook, 200); return; }"
-              " datamap.deckgl.setProps({onClick: (info) => { if (info && info.picked && info.index >= 0 && "
+              " datamap.deckgl.setProps({onClick: (info) => { if (info && info.picked && info.layer && "
+              "info.layer.id === 'dataPointLayer' && info.index >= 0 && "
               "info.index < ids.length) { window.location.href = `/runs/${run}/features/${ids[info.index]}`; } }});"
               " document.body.dataset.clickable = '1'; } hook(); })();</script>")
     page = path.read_text(encoding="utf-8")

@@ -34,5 +34,6 @@ STAGE = Stage(
     reads=("sae", "activations", "traces"),
     writes=("features_db",),
     options={"top": "top", "quantile_samples": "quantile_samples", "all": "store_all", "batch_size": "batch_size",
-             "layer": "layer", "allow_other_model": "allow_other_model", "device": "device"},
+             "layer": "layer", "allow_other_model": "allow_other_model", "device": "device", "workers": "workers",
+             "ray_address": "ray_address"},
 )
