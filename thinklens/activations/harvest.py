@@ -122,12 +122,7 @@ def harvest(
 ) -> HarvestResult:
     """Capture `config.layers` for every trace in `traces_dir` into `activations_dir` (resumable)."""
     started = time.perf_counter()
-    if config.device is not None:
-        resolve_device(config.device)  # a device this machine lacks fails before anything is written
-    traces = TraceStore(traces_dir)
-    trace_meta = traces.meta()
-    if trace_meta is None or not traces.parts():
-        raise ThinklensError(f"no traces in {traces_dir}: run `thinklens collect --out {Path(traces_dir).parent}` first")
+    traces, trace_meta = _open_traces(config, traces_dir)
     model_config = _model_config(config, traces)
     lengths = traces.read(["sequence_id", "n_tokens"]).to_pydict()
     plan = plan_shards(lengths["sequence_id"], lengths["n_tokens"], config.shard_tokens)
@@ -175,6 +170,17 @@ def harvest(
     store.clear_markers()  # a distributed harvest's, redone here
     seconds = time.perf_counter() - started
     return HarvestResult(store.directory, len(todo), len(plan) - len(todo), written, store.token_count, seconds)
+
+
+def _open_traces(config: HarvestConfig, traces_dir: Path) -> tuple[TraceStore, dict[str, Any]]:
+    """The traces and their meta; a missing device or missing traces fail before anything is written."""
+    if config.device is not None:
+        resolve_device(config.device)
+    traces = TraceStore(traces_dir)
+    trace_meta = traces.meta()
+    if trace_meta is None or not traces.parts():
+        raise ThinklensError(f"no traces in {traces_dir}: run `thinklens collect --out {Path(traces_dir).parent}` first")
+    return traces, trace_meta
 
 
 def _model_config(config: HarvestConfig, traces: TraceStore) -> ModelConfig:
