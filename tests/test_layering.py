@@ -18,7 +18,7 @@ import thinklens
 
 PACKAGE = Path(thinklens.__file__).parent
 # The top-level helper modules first (importable by all), then the subpackages, foundation to top.
-LAYERS = ("errors", "files", "progress", "figures", "stats", "models", "data", "distill", "activations", "sae", "features",
+LAYERS = ("errors", "files", "progress", "figures", "stats", "placement", "models", "data", "distill", "activations", "sae", "features",
           "steering", "analysis", "distributed", "pipeline", "release", "server", "cli")
 HEAVY = ("torch", "transformers", "numpy", "matplotlib", "pydantic", "safetensors", "rich")
 

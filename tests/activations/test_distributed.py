@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from thinklens.activations.distributed import EXIT_AFTER_ENV
-from thinklens.activations.harvest import HarvestConfig, harvest
+from thinklens.activations.harvest import HarvestConfig
 from thinklens.activations.store import ActivationStore
+from thinklens.distributed.harvest import EXIT_AFTER_ENV, harvest
 from thinklens.errors import ThinklensError
 
 pytest.importorskip("ray")

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from thinklens.distributed.index import build_index
 from thinklens.errors import ThinklensError
-from thinklens.features.build import IndexConfig, build_index
+from thinklens.features.build import IndexConfig
 
 pytest.importorskip("ray")
 pytestmark = pytest.mark.integration

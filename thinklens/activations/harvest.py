@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, field_validator
+from pydantic import ConfigDict, Field, NonNegativeInt, field_validator
 
 from thinklens.activations.capture import run_to_layers
 from thinklens.activations.store import (
@@ -38,6 +38,7 @@ from thinklens.errors import ThinklensError, refuse_other_identity
 from thinklens.files import ensure_dir
 from thinklens.models.layers import d_model, resolve_layer
 from thinklens.models.loader import LoadedModel, ModelConfig, load_model, resolve_device
+from thinklens.placement import RayPlacement
 from thinklens.progress import progress_bar
 
 _TRACE_COLUMNS = [
@@ -46,7 +47,7 @@ _TRACE_COLUMNS = [
 ]
 
 
-class HarvestConfig(BaseModel):
+class HarvestConfig(RayPlacement):
     """Which layers to capture and how to lay them out on disk."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -75,14 +76,6 @@ class HarvestConfig(BaseModel):
         description="Where the model runs: 'auto' (cuda when available), 'cpu', 'cuda', 'cuda:1', ...; "
         "default: where the traces' model ran.",
     )
-    workers: int = Field(default=1, ge=1, le=1024, description="Ray actors harvesting at once, one model each "
-                                                               "(1: this process, no Ray).")
-    ray_address: str | None = Field(default=None, description="Ray cluster to join ('auto': the running one); "
-                                                              "default: a local one of --workers CPUs.")
-
-    @property
-    def distributed(self) -> bool:
-        return self.workers > 1 or self.ray_address is not None
 
 
 @dataclass
@@ -113,14 +106,12 @@ def plan_shards(sequence_ids: list[int], lengths: list[int], shard_tokens: int) 
     return shards
 
 
-def harvest(
-    config: HarvestConfig,
-    traces_dir: Path,
-    activations_dir: Path,
-    show_progress: bool = True,
-    loaded: LoadedModel | None = None,
-) -> HarvestResult:
-    """Capture `config.layers` for every trace in `traces_dir` into `activations_dir` (resumable)."""
+def harvest(config: HarvestConfig, traces_dir: Path, activations_dir: Path, show_progress: bool = True,
+            loaded: LoadedModel | None = None, distributed_runner=None) -> HarvestResult:
+    """Capture `config.layers` for every trace in `traces_dir` into `activations_dir` (resumable).
+
+    With `config.workers` > 1 the shards are computed by `distributed_runner` (thinklens.distributed.harvest
+    passes its Ray runner: call that module's `harvest`)."""
     started = time.perf_counter()
     traces, trace_meta = _open_traces(config, traces_dir)
     model_config = _model_config(config, traces)
@@ -137,9 +128,9 @@ def harvest(
 
     chat_format = traces.read(["format"]).column(0)[0].as_py()  # the format collect resolved, not 'auto'
     if config.distributed:
-        from thinklens.activations.distributed import harvest_on_ray
-
-        written, redone = harvest_on_ray(config, model_config, traces_dir, store, identity, chat_format, plan, done,
+        if distributed_runner is None:
+            raise ThinklensError("harvest --workers runs through thinklens.distributed.harvest.harvest")
+        written, redone = distributed_runner(config, model_config, traces_dir, store, identity, chat_format, plan, done,
                                          show_progress)
         return HarvestResult(store.directory, redone, len(plan) - redone, written, store.token_count,
                              time.perf_counter() - started)

@@ -28,7 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from thinklens.errors import ThinklensError
-from thinklens.files import atomic_path, remove_stale_temps, write_json_atomic
+from thinklens.files import atomic_path, check_inside_run, remove_stale_temps, write_json_atomic
 from thinklens.models.loader import ModelConfig
 
 STORE_FORMAT_VERSION = 1
@@ -239,6 +239,7 @@ class ActivationStore:
 
     def clear_markers(self) -> None:
         directory = self.directory / MARKER_DIR
+        check_inside_run(directory, follow=True)
         for path in directory.glob("*"):
             path.unlink()
         if directory.is_dir():

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from thinklens.activations.store import ActivationManifest, ActivationStore
 from thinklens.data.segments import SEGMENT_NAMES
@@ -35,6 +35,7 @@ from thinklens.features.schema import migrate
 from thinklens.features.topk import TopPerFeature
 from thinklens.files import atomic_path, result_settings, without_placement
 from thinklens.models.loader import load_model, resolve_device
+from thinklens.placement import RayPlacement
 from thinklens.progress import progress_bar
 from thinklens.sae.formats import WEIGHTS_FILE, check_same_model, check_width, load_sae
 from thinklens.sae.layer import resolve_sae_layer
@@ -44,7 +45,7 @@ DB_FORMAT_VERSION = 1
 HISTOGRAM_EDGES = np.concatenate([[0.0], np.logspace(-4, 4, 65)])  # activation bins shared by all features
 
 
-class IndexConfig(BaseModel):
+class IndexConfig(RayPlacement):
     """What the feature database keeps."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
@@ -66,14 +67,6 @@ class IndexConfig(BaseModel):
     )
     allow_other_model: bool = Field(
         default=False, description="Use an SAE trained on another model than the run's (a deliberate transfer).")
-    workers: int = Field(default=1, ge=1, le=1024, description="Ray actors encoding shards at once, one SAE each "
-                                                               "(1: this process, no Ray).")
-    ray_address: str | None = Field(default=None, description="Ray cluster to join ('auto': the running one); "
-                                                              "default: a local one of --workers CPUs.")
-
-    @property
-    def distributed(self) -> bool:
-        return self.workers > 1 or self.ray_address is not None
 
 
 
@@ -134,15 +127,11 @@ class _FeatureStats:
         self.reservoir.update(features, keys, values, sequence_ids, token_idx)
 
 
-def build_index(
-    config: IndexConfig,
-    sae_dir: Path,
-    activations_dir: Path,
-    traces_dir: Path,
-    db_path: Path,
-    show_progress: bool = True,
-) -> IndexResult:
-    """Encode every stored token with the SAE and write `db_path` (atomically)."""
+def build_index(config: IndexConfig, sae_dir: Path, activations_dir: Path, traces_dir: Path, db_path: Path,
+                show_progress: bool = True, distributed_states=None) -> IndexResult:
+    """Encode every stored token with the SAE and write `db_path` (atomically). With `config.workers` > 1
+    the shards are encoded by `distributed_states` (thinklens.distributed.index passes its Ray one: call
+    that module's `build_index`)."""
     started = time.perf_counter()
     device = resolve_device(config.device)
     existing = _existing_index(Path(db_path), sae_dir, config)
@@ -169,7 +158,8 @@ def build_index(
         migrate(connection)
         vocabulary: set[int] = set()
         with progress_bar("index", total=store.token_count, enabled=show_progress) as bar:
-            for shard, (partial, count) in _shard_states(sae, store, layer, config, connection, sae_dir):
+            for shard, (partial, count) in _shard_states(sae, store, layer, config, connection, sae_dir,
+                                                          distributed_states):
                 index = store.read_index(shard, ["sequence_id", "token_idx", "token_id", "segment"]).to_pydict()
                 _insert_tokens(connection, index)
                 vocabulary.update(np.unique(index["token_id"]).tolist())
@@ -223,12 +213,13 @@ def _sha256(path: Path) -> str:
 
 @torch.no_grad()
 def _shard_states(sae: Sae, store: ActivationStore, layer: int, config: IndexConfig,
-                  connection: sqlite3.Connection, sae_dir: Path) -> Iterator[tuple[Any, tuple[_FeatureStats, int]]]:
+                  connection: sqlite3.Connection, sae_dir: Path, distributed_states
+                  ) -> Iterator[tuple[Any, tuple[_FeatureStats, int]]]:
     """(shard, (its partial state, tokens indexed)) in shard order: computed here, or by Ray workers."""
     if config.distributed:
-        from thinklens.features.distributed import shard_states_on_ray
-
-        yield from shard_states_on_ray(config, sae_dir, store, layer)
+        if distributed_states is None:
+            raise ThinklensError("index --workers runs through thinklens.distributed.index.build_index")
+        yield from distributed_states(config, sae_dir, store, layer)
         return
     for shard in store.shards():
         yield shard, shard_state(sae, store, layer, shard, config, connection)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from thinklens.activations.harvest import HarvestConfig, harvest
+from thinklens.activations.harvest import HarvestConfig
+from thinklens.distributed.harvest import harvest  # one process, or Ray with --workers
 from thinklens.pipeline.rundir import RunDir
 from thinklens.pipeline.stage import Stage, StageResult
 

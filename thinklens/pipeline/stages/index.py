@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from thinklens.features.build import IndexConfig, build_index
+from thinklens.distributed.index import build_index  # one process, or Ray with --workers
+from thinklens.features.build import IndexConfig
 from thinklens.pipeline.rundir import RunDir
 from thinklens.pipeline.stage import Stage, StageResult
 

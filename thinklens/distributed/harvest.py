@@ -12,18 +12,19 @@ any number of workers, redoes only the unmarked ones.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from thinklens.activations.harvest import (
     HarvestConfig,
+    HarvestResult,
     ModelFacts,
     _check_space,
     _compute_shard,
     _manifest,
 )
 from thinklens.activations.store import ActivationStore, ShardInfo
+from thinklens.distributed.ray import actor_class, ray_session
 from thinklens.errors import ThinklensError
 from thinklens.models.loader import ModelConfig
 from thinklens.progress import progress_bar
@@ -61,6 +62,15 @@ class ShardWorker:
         return shard.rows
 
 
+def harvest(config: HarvestConfig, traces_dir: Path, activations_dir: Path, show_progress: bool = True
+            ) -> HarvestResult:
+    """`activations.harvest.harvest`, with its shards computed on Ray when `config.workers` > 1 or an
+    address is given (the same store, byte for byte)."""
+    from thinklens.activations import harvest as single
+
+    return single.harvest(config, traces_dir, activations_dir, show_progress, distributed_runner=harvest_on_ray)
+
+
 def harvest_on_ray(config: HarvestConfig, model_config: ModelConfig, traces_dir: Path, store: ActivationStore,
                    identity: dict[str, Any], chat_format: str, plan: list[ShardInfo], done: list[ShardInfo],
                    show_progress: bool) -> tuple[int, int]:
@@ -93,10 +103,7 @@ def _start_workers(ray, config: HarvestConfig, model_config: ModelConfig, traces
     """As many actors as there are shards to give (at most `workers`), each with its share of the CPUs."""
     left = max(1, len(plan) - len(done) - len(marked))
     count = max(1, min(config.workers, left))
-    cpus = ray.available_resources().get("CPU", count)
-    threads = max(1, int(cpus // count))
-    gpus = 1 if ray.available_resources().get("GPU", 0) >= count else 0
-    actor = ray.remote(num_cpus=min(threads, cpus / count), num_gpus=gpus)(ShardWorker)
+    actor, threads = actor_class(ray, ShardWorker, count)
     env = {EXIT_AFTER_ENV: os.environ[EXIT_AFTER_ENV]} if EXIT_AFTER_ENV in os.environ else {}
     options = {"runtime_env": {"env_vars": env}} if env else {}
     return [actor.options(**options).remote(model_config, config, str(traces_dir), str(store.directory), threads)
@@ -121,25 +128,3 @@ def _run_shards(ray, workers: list[Any], shards: list[ShardInfo], dtype: str, al
             written += rows
             bar.advance(rows, tokens=rows)
     return written
-
-
-@contextmanager
-def ray_session(config: Any):
-    """Ray, joined at `config.ray_address` or started locally with `config.workers` CPUs (and shut down
-    after); `config` is any stage's config with those two fields."""
-    try:
-        import ray
-    except ImportError:
-        raise ThinklensError("--workers and --ray-address need Ray: pip install 'thinklens[ray]'") from None
-    started = False
-    if not ray.is_initialized():
-        if config.ray_address is not None:
-            ray.init(address=config.ray_address, log_to_driver=False)
-        else:
-            ray.init(num_cpus=config.workers, include_dashboard=False, log_to_driver=False)
-        started = True
-    try:
-        yield ray
-    finally:
-        if started:
-            ray.shutdown()

@@ -31,17 +31,24 @@ class IndexWorker:
         return shard_state(self.sae, self.store, self.layer, shard, self.config)
 
 
+def build_index(config: Any, sae_dir: Path, activations_dir: Path, traces_dir: Path, db_path: Path,
+                show_progress: bool = True):
+    """`features.build.build_index`, with the shards encoded on Ray when `config.workers` > 1 or an address
+    is given (the same database, byte for byte)."""
+    from thinklens.features import build
+
+    return build.build_index(config, sae_dir, activations_dir, traces_dir, db_path, show_progress,
+                             distributed_states=shard_states_on_ray)
+
+
 def shard_states_on_ray(config: Any, sae_dir: Path, store: ActivationStore, layer: int) -> Iterator[tuple[ShardInfo, Any]]:
     """(shard, (partial state, tokens indexed)) in shard order, computed by `config.workers` actors."""
-    from thinklens.activations.distributed import ray_session
+    from thinklens.distributed.ray import actor_class, ray_session
 
     shards = store.shards()
     with ray_session(config) as ray:
         count = max(1, min(config.workers, len(shards)))
-        cpus = ray.available_resources().get("CPU", count)
-        threads = max(1, int(cpus // count))
-        gpus = 1 if ray.available_resources().get("GPU", 0) >= count else 0
-        actor = ray.remote(num_cpus=min(threads, cpus / count), num_gpus=gpus)(IndexWorker)
+        actor, threads = actor_class(ray, IndexWorker, count)
         workers = [actor.remote(str(sae_dir), str(store.directory), layer, config, threads) for _ in range(count)]
         per = -(-len(shards) // count) if shards else 0
         pending = [workers[i // per].run.remote(shard) for i, shard in enumerate(shards)] if per else []
