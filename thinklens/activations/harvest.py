@@ -283,8 +283,7 @@ def _commit_shard(
 ) -> None:
     """Runs on the writer thread: shard files first, then the manifest that makes them count."""
     store.write_shard_files(shard.shard, arrays, index)
-    manifest.shards.append(shard)
-    manifest.token_count += shard.rows
+    manifest.add_shard(shard)
     store.write_manifest(manifest)
 
 

@@ -115,6 +115,11 @@ class ActivationManifest(BaseModel):
     token_count: int = Field(default=0, ge=0, description="Rows in the completed shards.")
     complete: bool = Field(default=False, description="Every planned shard is written.")
 
+    def add_shard(self, shard: ShardInfo) -> None:
+        """Count a finished shard (the caller writes the manifest)."""
+        self.shards.append(shard)
+        self.token_count += shard.rows
+
     def traces_model_config(self, **overrides: Any) -> ModelConfig:
         """The ModelConfig of the model that wrote the harvested traces, with `overrides` (e.g. device) applied."""
         model = self.identity.get("traces", {}).get("model")

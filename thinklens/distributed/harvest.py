@@ -86,16 +86,11 @@ def harvest_on_ray(config: HarvestConfig, model_config: ModelConfig, traces_dir:
         written = _run_shards(ray, workers, left, manifest.dtype, sum(s.rows for s in plan) - sum(s.rows for s in left),
                               sum(s.rows for s in plan), show_progress)
     for shard in plan[len(done):]:  # in plan order: the manifest lists them as one process would have
-        _commit_shard_entry(manifest, shard)
+        manifest.add_shard(shard)
     manifest.complete = True
     store.write_manifest(manifest)
     store.clear_markers()
     return written, len(left)
-
-
-def _commit_shard_entry(manifest, shard: ShardInfo) -> None:
-    manifest.shards.append(shard)
-    manifest.token_count += shard.rows
 
 
 def _start_workers(ray, config: HarvestConfig, model_config: ModelConfig, traces_dir: Path, store: ActivationStore,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from thinklens.features.autointerp.examples import ExampleSource
-from thinklens.features.autointerp.run import ExplainConfig, explain_run
+from thinklens.features.autointerp.run import ExplainConfig, explain_run, format_interval
 from thinklens.features.context import ContextEncoder
 from thinklens.features.db import FeatureDB, open_read_only
 from thinklens.pipeline.lock import run_lock
@@ -37,7 +37,7 @@ def explain_in_run(config: ExplainConfig, rundir: RunDir, progress: bool = True,
     minutes = (time.perf_counter() - started) / 60
     summary = result.summary()
     rows = [(method, kind, str(parts["balanced_accuracy"][key]["n"]),
-             *(_interval(parts[metric][key]) for metric in ("balanced_accuracy", "auroc")))
+             *(format_interval(parts[metric][key]) for metric in ("balanced_accuracy", "auroc")))
             for method, parts in summary.items()
             for kind, key in (("real labels", "real"), ("shuffled (control)", "shuffled"))]
     usage = result.usage
@@ -55,7 +55,3 @@ def explain_in_run(config: ExplainConfig, rundir: RunDir, progress: bool = True,
                f"{usage.completion_tokens:,} completion tokens"],
         written=[db_path],
     )
-
-
-def _interval(part: dict) -> str:
-    return "—" if part["mean"] is None else f"{part['mean']:.3f} [{part['low']:.3f}, {part['high']:.3f}]"

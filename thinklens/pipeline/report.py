@@ -319,8 +319,8 @@ def _labels(rundir: RunDir, facts: dict[str, Any]) -> str:
     if not labels or not labels["groups"]:
         return _section("labels", "LLM labels, scored", "<p>Only heuristic labels (dominant token and segment).</p>",
                         _missing(f"thinklens explain {rundir.root} --base-url URL --model NAME"))
-    def interval(part: dict) -> str:
-        return "—" if part["mean"] is None else f"{part['mean']:.3f} [{part['low']:.3f}, {part['high']:.3f}]"
+    from thinklens.features.autointerp.run import format_interval as interval
+
     rows = [[g["model"], g["prompt_version"], g["scorer"], g["method"], g["real_ba"]["n"], g["unparsable"],
              interval(g["real_ba"]), interval(g["shuffled_ba"]), interval(g["real_auroc"]), interval(g["shuffled_auroc"]),
              f"{g['separates'].split(':')[0]} / {g['separates_auroc'].split(':')[0]}"]

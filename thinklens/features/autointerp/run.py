@@ -385,6 +385,11 @@ def _mean_interval(values: list[float], draws: int = 2000, seed: int = 0) -> dic
             "high": float(np.quantile(means, 0.975))}
 
 
+def format_interval(part: dict[str, float | int | None]) -> str:
+    """A `_mean_interval` as text: "0.512 [0.480, 0.545]", or "—" without values."""
+    return "—" if part["mean"] is None else f"{part['mean']:.3f} [{part['low']:.3f}, {part['high']:.3f}]"
+
+
 def _separates(real: list[float], shuffled: list[float]) -> str:
     r, s = _mean_interval(real), _mean_interval(shuffled)
     if not r["n"] or not s["n"]:
