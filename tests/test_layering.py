@@ -41,12 +41,12 @@ def module_name(path: Path) -> str:
 
 
 def layer(module: str) -> str | None:
-    """The layer of a thinklens module; None for the root package. `cli_*` modules are the CLI's; other
-    top-level modules are `pipeline`."""
+    """The layer of a thinklens module; None for the root package. `cli_*` modules (and `__main__`, which
+    runs it) are the CLI's; other top-level modules are `pipeline`."""
     parts = module.split(".")
     if len(parts) == 1:
         return None
-    if parts[1].startswith("cli_"):
+    if parts[1].startswith("cli_") or parts[1] == "__main__":
         return "cli"
     return parts[1] if parts[1] in LAYERS else "pipeline"
 

@@ -28,6 +28,7 @@ from thinklens.errors import ThinklensError
 from thinklens.files import confine_writes, remove_stale_temps_under
 
 LOCK_NAME = ".lock"
+LAUNCHER_HOLDS_LOCK = "THINKLENS_LAUNCHER_HOLDS_LOCK"  # set by a launcher for its ranks: the run it holds
 _held: dict[Path, int] = {}  # resolved run directory → how many times this process holds it
 
 
@@ -42,6 +43,10 @@ def run_lock(root: Path | str, what: str) -> Iterator[None]:
             yield
         finally:
             _held[key] -= 1
+        return
+    if held_for_this_rank(key):
+        with confine_writes(root):
+            yield
         return
     created = _make_directory(root)
     handle = _open_lock(root)
@@ -68,6 +73,15 @@ def run_lock(root: Path | str, what: str) -> Iterator[None]:
         if created and [p.name for p in root.iterdir()] == [LOCK_NAME]:
             (root / LOCK_NAME).unlink()  # the command wrote nothing: leave no run directory behind
             root.rmdir()
+
+
+def held_for_this_rank(key: Path) -> bool:
+    """Whether this process is one rank of a multi-process training whose lock another process holds:
+    `thinklens train --nproc N` holds it for its ranks (and says so in LAUNCHER_HOLDS_LOCK); under a bare
+    `torchrun`, rank 0 takes it and the other ranks, which write nothing, go without."""
+    if os.environ.get(LAUNCHER_HOLDS_LOCK) == str(key):
+        return True
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0"
 
 
 def _make_directory(root: Path) -> bool:

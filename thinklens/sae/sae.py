@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
+from thinklens.sae.parallel import Ranks
+
 Arch = Literal["batchtopk_tied", "batchtopk", "topk", "relu"]
 ARCHS: tuple[str, ...] = ("batchtopk_tied", "batchtopk", "topk", "relu")
 
@@ -204,8 +206,8 @@ class Sae(nn.Module):
         `batch_dependent`), and by the learnt threshold otherwise."""
         return self._encode(x, batch_dependent)[0]
 
-    def _encode(self, x: torch.Tensor, batch_dependent: bool | None,
-                pre_out: torch.Tensor | None = None) -> tuple[SparseCodes, torch.Tensor]:
+    def _encode(self, x: torch.Tensor, batch_dependent: bool | None, pre_out: torch.Tensor | None = None,
+                ranks: Ranks | None = None) -> tuple[SparseCodes, torch.Tensor]:
         with torch.no_grad():
             encoder_input = self.encoder_input(x)
             weight = self.encoder_weight.T
@@ -213,7 +215,7 @@ class Sae(nn.Module):
                 pre = torch.addmm(self.b_enc, encoder_input, weight, out=pre_out)
             else:
                 pre = torch.addmm(self.b_enc, encoder_input, weight)  # (n, d_sae)
-        rows, features = self._select(pre, batch_dependent)
+        rows, features = self._select(pre, batch_dependent, ranks)
         values = self.values_at(encoder_input, pre, rows, features)
         return SparseCodes(values, features, rows, x.shape[0], self.config.d_sae), pre
 
@@ -244,8 +246,9 @@ class Sae(nn.Module):
                                             features)
         return F.relu(values)
 
-    def _select(self, pre: torch.Tensor, batch_dependent: bool | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, features) of the active entries, sorted by row."""
+    def _select(self, pre: torch.Tensor, batch_dependent: bool | None,
+                ranks: Ranks | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, features) of the active entries, sorted by row; a batch selection spans `ranks`' global batch."""
         arch, k = self.config.arch, self.config.k
         if arch == "topk":
             features = pre.topk(k, dim=-1).indices  # (n, k)
@@ -256,7 +259,7 @@ class Sae(nn.Module):
             return rows, features
         use_batch = self.training if batch_dependent is None else batch_dependent
         if use_batch or self.threshold < 0:
-            return batch_topk_entries(pre, k)
+            return batch_topk_entries(pre, k, ranks)
         return (pre > self.threshold).nonzero(as_tuple=True)
 
     def decode(self, codes: SparseCodes) -> torch.Tensor:
@@ -270,11 +273,12 @@ class Sae(nn.Module):
             return _SparseDecode.apply(weights, self.W_dec, codes.rows, codes.features, codes.offsets())
         return F.embedding_bag(codes.features, self.W_dec, codes.offsets(), mode="sum", per_sample_weights=weights)
 
-    def forward(self, x: torch.Tensor, pre_out: torch.Tensor | None = None) -> SaeOutput:
+    def forward(self, x: torch.Tensor, pre_out: torch.Tensor | None = None, ranks: Ranks | None = None) -> SaeOutput:
         """Encode and decode `x`. `pre_out`, a (n, d_sae) buffer reused across steps, receives the
         pre-activations (a fresh 75 MB tensor per step costs its page faults: ~20 % of the encoder matmul
-        on CPU); the output's `pre_acts` is then that buffer, valid until the next call."""
-        codes, pre = self._encode(x, None, pre_out)
+        on CPU); the output's `pre_acts` is then that buffer, valid until the next call. With `ranks`, `x` is
+        this rank's slice of a global batch and BatchTopK selects over the global batch."""
+        codes, pre = self._encode(x, None, pre_out, ranks)
         return SaeOutput(self.decode(codes), codes, pre)
 
     @torch.no_grad()
@@ -336,7 +340,7 @@ def batch_topk_mask(pre: torch.Tensor, k: int) -> torch.Tensor:
     return mask
 
 
-def batch_topk_entries(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def batch_topk_entries(pre: torch.Tensor, k: int, ranks: Ranks | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(rows, features), sorted by row, of the k·n largest positive entries of `pre` (n, d_sae) across
     the whole batch. Ties at the cut are all kept.
 
@@ -345,27 +349,35 @@ def batch_topk_entries(pre: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.T
     or above the estimate (few) are gathered in one pass, and the exact cut is found among them.
     Should the estimate land above the true cut (fewer than k·n entries reach it), it is lowered
     until it does not.
+
+    With `ranks` of a data-parallel group, `pre` is this rank's slice of the global batch and the
+    selection is the global batch's: the lowest of the ranks' estimates, the candidates counted across
+    ranks, and the exact cut found among every rank's candidates (values only travel, ~1.5·k·n floats),
+    so each rank keeps exactly the entries one process holding the whole batch would keep there.
     """
+    ranks = ranks or Ranks()
     n, d_sae = pre.shape
     flat = pre.flatten()
-    total = min(k * n, flat.numel())
-    if total == flat.numel():
+    entries = flat.numel() * ranks.world
+    total = min(k * n * ranks.world, entries)
+    if total == entries:
         return (pre > 0).nonzero(as_tuple=True)
     sample_size = min(flat.numel(), _CUT_SAMPLE)
     generator = torch.Generator(device=pre.device).manual_seed(0)
     sample = flat[torch.randint(flat.numel(), (sample_size,), device=pre.device, generator=generator)]
-    share = total / flat.numel()
+    share = total / entries
     # Aim for ~1.5× the entries needed, plus four standard deviations of the sample's error.
     aim = min(1.0, 1.5 * share + 4 * math.sqrt(share / sample_size))
     while True:
         kept = max(1, min(sample_size, math.ceil(aim * sample_size)))
-        estimate = sample.kthvalue(sample_size - kept + 1).values if aim < 1 else flat.min()
+        estimate = ranks.min_(sample.kthvalue(sample_size - kept + 1).values if aim < 1 else flat.min())
         candidates = _indices_at_least(flat, estimate)  # flat indices, ascending: row-major order
-        if len(candidates) >= total:
+        if int(ranks.sum_(torch.tensor(len(candidates), device=pre.device))) >= total:
             break
         aim = min(1.0, aim * 2)
     values = flat[candidates]
-    cut = values.kthvalue(len(values) - total + 1).values
+    everyone = ranks.gather(values)
+    cut = everyone.kthvalue(len(everyone) - total + 1).values
     chosen = candidates[(values >= cut) & (values > 0)]
     return chosen // d_sae, chosen % d_sae
 

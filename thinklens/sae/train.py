@@ -35,6 +35,7 @@ from thinklens.models.loader import resolve_device
 from thinklens.progress import progress_bar
 from thinklens.sae.formats import CFG_FILE, sae_metadata, save_sae
 from thinklens.sae.layer import resolve_sae_layer
+from thinklens.sae.parallel import Ranks, joined_from_environment, rank_device
 from thinklens.sae.sae import Arch, Sae, SaeConfig, SaeOutput, SparseCodes
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -96,6 +97,10 @@ class TrainConfig(BaseModel):
     device: str = Field(
         default="auto", description="Where the SAE trains: 'auto' (cuda when available, else cpu), 'cpu', 'cuda:1', ..."
     )
+    nproc: int = Field(
+        default=1, ge=1, le=1024,
+        description="Training ranks on this node (torchrun, gloo on CPU / NCCL on CUDA); the SAE is the one-process "
+        "SAE up to float rounding. Placement: a run may resume on another number of ranks.")
     dtype: Literal["auto", "bfloat16", "float32"] = Field(
         default="auto",
         description="Forward precision: 'auto' is bf16 autocast + TF32 on CUDA and float32 on CPU; 'float32' forces "
@@ -112,6 +117,8 @@ class TrainResult:
     final: dict[str, float]
     batch_size: int
     skipped: bool = False
+    rank: int = 0  # this process's rank, of `ranks` (1: a single process)
+    ranks: int = 1
 
     @property
     def tokens_per_second(self) -> float:
@@ -127,32 +134,53 @@ class StepStats:
 
 
 def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progress: bool = True) -> TrainResult:
-    """Train an SAE on `activations_dir` into `sae_dir`, resuming from its checkpoint if one exists."""
+    """Train an SAE on `activations_dir` into `sae_dir`, resuming from its checkpoint if one exists.
+
+    Launched as several ranks (`torchrun`, see `thinklens.sae.parallel`), each rank trains on its share
+    of every global batch and rank 0 writes; the SAE is the single process's up to float rounding.
+    """
     started = time.perf_counter()
-    device = resolve_device(config.device)  # before anything is read or written
-    store = ActivationStore(activations_dir)
-    manifest = store.manifest()
+    device = rank_device(resolve_device(config.device))  # before anything is read or written
+    with joined_from_environment(device) as ranks:
+        return _train(config, Path(activations_dir), Path(sae_dir), device, ranks, show_progress, started)
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """What a training run will do, checked before anything is written: the config with its automatic
+    values resolved, the layer, the steps, and the finished result when there is nothing to do."""
+
+    config: TrainConfig
+    layer: int
+    sae_config: SaeConfig
+    total_steps: int
+    finished: TrainResult | None
+
+
+def plan_training(config: TrainConfig, activations_dir: Path, sae_dir: Path, world: int = 1) -> TrainingPlan:
+    """The plan of training `sae_dir` on `activations_dir` over `world` ranks; bad settings raise
+    ThinklensError naming the fix (a launcher calls this before it starts any rank)."""
+    manifest = ActivationStore(activations_dir).manifest()
     # Train's layer is a choice among the harvested ones (default the first), checked like any SAE's.
     layer = resolve_sae_layer(None, manifest.layers, manifest.layers[0] if config.layer is None else config.layer,
                               holder=f"the activations in {activations_dir}")
     n_train = ActivationReader(activations_dir, _reader_config(config, layer, epochs=1)).n_tokens
-    config = _resolve_batch_size(config, n_train)
-    if n_train < config.batch_size:
-        raise ThinklensError(
-            f"only {n_train} training tokens in {activations_dir}, fewer than one batch of {config.batch_size}: "
-            "collect and harvest more traces or lower --batch-size"
-        )
-    d_sae = config.expansion * manifest.d_model
-    if config.arch != "relu" and config.k > d_sae:
-        raise ThinklensError(f"k = {config.k} active features of {d_sae} (expansion {config.expansion} × d_model "
-                             f"{manifest.d_model}): pass --k at most {d_sae}, or a larger --expansion")
+    config = _resolve_batch_size(config, n_train, world)
+    _check_sizes(config, n_train, manifest.d_model, activations_dir, world)
     total_steps = _total_steps(config, n_train)
-    config = _resolve_schedule(config, d_sae, total_steps)
-    finished = _finished_training(Path(sae_dir), config)
-    if finished is not None:
-        return finished
-    trainer = _Trainer(config, _sae_config(config, manifest, layer), total_steps, device)
-    checkpoint = Path(sae_dir) / CHECKPOINT_FILE
+    config = _resolve_schedule(config, config.expansion * manifest.d_model, total_steps)
+    return TrainingPlan(config, layer, _sae_config(config, manifest, layer), total_steps,
+                        _finished_training(sae_dir, config))
+
+
+def _train(config: TrainConfig, activations_dir: Path, sae_dir: Path, device: torch.device, ranks: Ranks,
+           show_progress: bool, started: float) -> TrainResult:
+    plan = plan_training(config, activations_dir, sae_dir, ranks.world)
+    if plan.finished is not None:
+        return replace(plan.finished, rank=ranks.rank, ranks=ranks.world)
+    config, layer, total_steps = plan.config, plan.layer, plan.total_steps
+    trainer = _Trainer(config, plan.sae_config, total_steps, device, ranks)
+    checkpoint = sae_dir / CHECKPOINT_FILE
     if checkpoint.is_file():
         trainer.load_checkpoint(checkpoint, config)
     else:
@@ -161,22 +189,44 @@ def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progre
             geometric_median=config.b_dec_init == "geometric_median",
             scale_inputs=config.normalize_inputs,
         )
+        for tensor in trainer.sae.state_dict().values():
+            ranks.broadcast_(tensor)  # every rank computed the same start; rank 0's is the one
     batches = _batches(activations_dir, config, layer, total_steps, skip=trainer.step)
-    logger = _Logger(Path(sae_dir), config, resume_step=trainer.step)
+    logger = _Logger(sae_dir, config, resume_step=trainer.step, active=ranks.writer)
     try:
-        stats = _train_steps(trainer, batches, logger, checkpoint, total_steps, show_progress)
+        stats = _train_steps(trainer, batches, logger, checkpoint, total_steps, show_progress and ranks.writer)
     except BaseException:
         logger.close()  # its lines past the checkpoint are dropped on resume; open, they could land later
         raise
-    trainer.sae.calibrate_threshold(list(_init_sample(activations_dir, config, layer).split(config.batch_size)))
     final = {"loss": stats.loss, "fvu": stats.fvu, "l0": stats.l0, "dead_fraction": stats.dead_fraction}
-    metadata = {"training": result_settings(config), "steps": trainer.step, "final": final,
-                "dead_features": trainer.dead_record()}
-    logger.close()  # the whole log on disk before the SAE that says training finished
-    save_sae(trainer.sae, Path(sae_dir), metadata=metadata)
-    checkpoint.unlink(missing_ok=True)  # a kill before this leaves a checkpoint the next call removes
+    if ranks.writer:
+        trainer.sae.calibrate_threshold(list(_init_sample(activations_dir, config, layer).split(config.batch_size)))
+        metadata = {"training": result_settings(config), "steps": trainer.step, "final": final,
+                    "dead_features": trainer.dead_record()}
+        logger.close()  # the whole log on disk before the SAE that says training finished
+        save_sae(trainer.sae, sae_dir, metadata=metadata)
+        checkpoint.unlink(missing_ok=True)  # a kill before this leaves a checkpoint the next call removes
+    ranks.barrier()  # every rank returns once the SAE is on disk
     seconds = time.perf_counter() - started
-    return TrainResult(Path(sae_dir), trainer.step, trainer.step * config.batch_size, seconds, final, config.batch_size)
+    return TrainResult(sae_dir, trainer.step, trainer.step * config.batch_size, seconds, final, config.batch_size,
+                       rank=ranks.rank, ranks=ranks.world)
+
+
+def _check_sizes(config: TrainConfig, n_train: int, d_model: int, activations_dir: Path, world: int) -> None:
+    """Refuse, with the fix, a batch larger than the data, one that does not split over the ranks, or a k
+    larger than the SAE."""
+    if n_train < config.batch_size:
+        raise ThinklensError(
+            f"only {n_train} training tokens in {activations_dir}, fewer than one batch of {config.batch_size}: "
+            "collect and harvest more traces or lower --batch-size"
+        )
+    if config.batch_size % world:
+        raise ThinklensError(f"a batch of {config.batch_size} tokens does not split over {world} ranks: pass a "
+                             f"--batch-size divisible by {world}")
+    d_sae = config.expansion * d_model
+    if config.arch != "relu" and config.k > d_sae:
+        raise ThinklensError(f"k = {config.k} active features of {d_sae} (expansion {config.expansion} × d_model "
+                             f"{d_model}): pass --k at most {d_sae}, or a larger --expansion")
 
 
 def _train_steps(trainer: _Trainer, batches: Any, logger: _Logger, checkpoint: Path, total_steps: int,
@@ -188,14 +238,14 @@ def _train_steps(trainer: _Trainer, batches: Any, logger: _Logger, checkpoint: P
     with progress_bar("train", total=total_steps, enabled=show_progress) as bar, _fast_matmuls(trainer.tf32):
         bar.advance(trainer.step)
         for batch in batches:
-            stats = trainer.train_step(batch.to(trainer.device, non_blocking=True))
+            stats = trainer.train_step(batch[trainer.ranks.share(len(batch))].to(trainer.device, non_blocking=True))
             if not math.isfinite(stats.loss):
                 kept = f"the checkpoint in {checkpoint} is kept" if checkpoint.is_file() else "nothing was saved"
                 raise ThinklensError(f"training diverged at step {trainer.step} (loss {stats.loss}): lower --lr (it "
                                      f"was {trainer.lr():.3g}) and train again; {kept}")
             logger.log(trainer.step, stats, trainer.lr())
             bar.advance(1, tokens=len(batch), status=_status(stats))
-            if trainer.step % config.checkpoint_every == 0 and trainer.step < total_steps:
+            if trainer.step % config.checkpoint_every == 0 and trainer.step < total_steps and trainer.ranks.writer:
                 logger.flush()
                 trainer.save_checkpoint(checkpoint)
     return stats
@@ -243,9 +293,10 @@ class _Trainer:
     """The SAE, its optimiser and the counters that a checkpoint must carry."""
 
     def __init__(self, config: TrainConfig, sae_config: SaeConfig, total_steps: int,
-                 device: torch.device | None = None) -> None:
+                 device: torch.device | None = None, ranks: Ranks | None = None) -> None:
         torch.manual_seed(config.seed)
         self.config = config
+        self.ranks = ranks or Ranks()
         self.device = device or torch.device("cpu")
         self.sae = Sae(sae_config).train().to(self.device)  # created on CPU first: the same init on every device
         # Fused: one kernel per step for all parameters (the same update as the default loop, in less time).
@@ -263,9 +314,9 @@ class _Trainer:
         if not self.bf16:
             if self.pre_buffer is None or self.pre_buffer.shape[0] != len(x):
                 self.pre_buffer = x.new_empty(len(x), self.sae.config.d_sae)
-            return self.sae(x, self.pre_buffer)
+            return self.sae(x, self.pre_buffer, self.ranks)
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            return self.sae(x)
+            return self.sae(x, ranks=self.ranks)
 
     def lr(self) -> float:
         """Warm-up, constant, then linear decay to zero over the last `decay_fraction` of steps."""
@@ -277,6 +328,8 @@ class _Trainer:
         return config.lr * warm
 
     def train_step(self, x: torch.Tensor) -> StepStats:
+        """One optimiser step on `x`: the whole batch, or this rank's share of the global batch (every rank
+        then applies the same averaged gradient, so the weights stay identical across ranks)."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr()
         output = self.forward(x)
@@ -286,18 +339,28 @@ class _Trainer:
         loss = mse + self._penalty(output) + self._aux_loss(x, output, error.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        self.ranks.mean_gradients(list(self.sae.parameters()))
         self.sae.project_decoder_grad()
         torch.nn.utils.clip_grad_norm_(self.sae.parameters(), self.config.grad_clip)
         self.optimizer.step()
         self.sae.normalize_decoder()
         self._track(x, output)
         self.step += 1
-        with torch.no_grad():  # Σ‖x − x̄‖² = Σ‖x‖² − n‖x̄‖² (in float64: residual streams' means are large)
-            wide = x.double()
-            variance = (wide.pow(2).sum() - wide.sum(dim=0).pow(2).sum() / len(x)) * scale**2
-            fvu = (mse * len(x) / variance).item()
+        return self._stats(x, loss, mse, output)
+
+    @torch.no_grad()
+    def _stats(self, x: torch.Tensor, loss: torch.Tensor, mse: torch.Tensor, output: SaeOutput) -> StepStats:
+        """The step's figures over the global batch, from sums reduced across ranks in one message.
+
+        Σ‖x − x̄‖² = Σ‖x‖² − n‖x̄‖², in float64: residual streams' means are large."""
+        wide = x.double()
+        active = (output.codes.values > 0).sum().double()
+        sums = self.ranks.sum_(torch.cat([torch.stack([loss.detach().double(), mse.detach().double() * len(x),
+                                                      wide.pow(2).sum(), active]), wide.sum(dim=0)]))
+        n = len(x) * self.ranks.world
+        variance = (sums[2] - sums[4:].pow(2).sum() / n) * self.sae.config.input_scale**2
         dead = (self.tokens_since_fired > self.config.dead_after_tokens).float().mean().item()
-        return StepStats(loss.item(), fvu, output.codes.l0().float().mean().item(), dead)
+        return StepStats((sums[0] / self.ranks.world).item(), (sums[1] / variance).item(), (sums[3] / n).item(), dead)
 
     def _penalty(self, output: SaeOutput) -> torch.Tensor:
         if self.sae.config.arch != "relu":
@@ -306,14 +369,25 @@ class _Trainer:
         return self.config.l1_coefficient * (output.codes.values * norms).sum() / output.codes.n_rows
 
     def _aux_loss(self, x: torch.Tensor, output: SaeOutput, error: torch.Tensor) -> torch.Tensor:
-        """AuxK: the top `aux_k` dead features must explain the residual error (Gao et al. 2024)."""
+        """AuxK: the top `aux_k` dead features must explain the residual error (Gao et al. 2024).
+
+        Computed on the global batch's first `aux_tokens` tokens (batches come shuffled: a random subset),
+        of which this rank holds the first `n` of its rows; its error variance is reduced across ranks. The
+        returned term is this rank's part, scaled so that the ranks' averaged gradients are the whole one's."""
         dead = self.tokens_since_fired > self.config.dead_after_tokens
         if self.config.aux_coefficient == 0 or not bool(dead.any()) or self.sae.config.arch == "relu":
             return error.new_zeros(())
+        world = self.ranks.world
+        subset = min(len(x) * world, self.config.aux_tokens)
+        n = max(0, min(len(x), subset - self.ranks.share(len(x) * world).start))
+        x, error, pre_acts = x[:n], error[:n], output.pre_acts[:n]
+        wide = error.double()
+        sums = self.ranks.sum_(torch.cat([wide.pow(2).sum().view(1), wide.sum(dim=0)]))
+        variance = ((sums[0] - sums[1:].pow(2).sum() / subset) / subset).clamp_min(1e-8).to(error.dtype)
+        if n == 0:
+            return error.new_zeros(())
         dead_ids = dead.nonzero().squeeze(-1)
         k = min(self.config.aux_k, len(dead_ids))
-        n = min(len(x), self.config.aux_tokens)  # batches come shuffled: the first n tokens are a random subset
-        x, error, pre_acts = x[:n], error[:n], output.pre_acts[:n]
         picked = pre_acts[:, dead_ids].topk(k, dim=-1).indices  # (n, k) into dead_ids
         features = dead_ids[picked].flatten()
         rows = torch.arange(n, device=x.device).repeat_interleave(k)
@@ -321,15 +395,15 @@ class _Trainer:
             encoder_input = self.sae.encoder_input(x)
         values = self.sae.values_at(encoder_input, pre_acts, rows, features)
         aux_recon = self.sae.feature_sum(SparseCodes(values, features, rows, n, self.sae.config.d_sae))
-        variance = (error - error.mean(dim=0)).pow(2).sum(dim=-1).mean().clamp_min(1e-8)
-        return self.config.aux_coefficient * (error - aux_recon).pow(2).sum(dim=-1).mean() / variance
+        return world * self.config.aux_coefficient * (error - aux_recon).pow(2).sum() / subset / variance
 
     @torch.no_grad()
     def _track(self, x: torch.Tensor, output: SaeOutput) -> None:
         """Dead-feature counters."""
-        fired = torch.bincount(output.codes.features[output.codes.values > 0], minlength=self.sae.config.d_sae) > 0
-        self.tokens_since_fired += x.shape[0]
-        self.tokens_since_fired[fired] = 0
+        fired = self.ranks.sum_(torch.bincount(output.codes.features[output.codes.values > 0],
+                                               minlength=self.sae.config.d_sae))
+        self.tokens_since_fired += x.shape[0] * self.ranks.world
+        self.tokens_since_fired[fired > 0] = 0
 
     def dead_record(self) -> dict[str, float | int | None]:
         """Share of features that did not fire in the last `dead_after_tokens` training tokens (SAELens'
@@ -365,11 +439,13 @@ class _Trainer:
         self.tokens_since_fired = state["tokens_since_fired"].to(self.device)
 
 
-def _resolve_batch_size(config: TrainConfig, n_train: int) -> TrainConfig:
-    """The config with its automatic batch size filled in (what the SAE metadata records)."""
+def _resolve_batch_size(config: TrainConfig, n_train: int, world: int = 1) -> TrainConfig:
+    """The config with its automatic batch size filled in (what the SAE metadata records); over several
+    ranks, rounded down to split evenly (a whole run's default: 4096 splits over any power of two)."""
     if config.batch_size is not None:
         return config
-    return config.model_copy(update={"batch_size": min(4096, max(128, n_train // 16))})
+    size = min(4096, max(128, n_train // 16))
+    return config.model_copy(update={"batch_size": max(world, size - size % world)})
 
 
 def _total_steps(config: TrainConfig, n_train: int) -> int:
@@ -458,9 +534,14 @@ def _status(stats: StepStats) -> str:
 class _Logger:
     """JSON lines in sae/training_log.jsonl, and W&B when a project is set."""
 
-    def __init__(self, directory: Path, config: TrainConfig, resume_step: int) -> None:
+    def __init__(self, directory: Path, config: TrainConfig, resume_step: int, active: bool = True) -> None:
         """Resuming from the checkpoint of `resume_step`, the log keeps exactly one line per step up to it:
-        lines a killed run wrote past its checkpoint are dropped, as those steps are trained again."""
+        lines a killed run wrote past its checkpoint are dropped, as those steps are trained again. An
+        inactive logger (a rank other than 0) writes nothing."""
+        self.file = None
+        self.run = None
+        if not active:
+            return
         ensure_dir(directory)
         path = directory / LOG_FILE
         kept = []
@@ -477,7 +558,6 @@ class _Logger:
         with atomic_path(path) as temp:
             temp.write_text("".join(kept))
         self.file = open(path, "a")  # noqa: SIM115 - closed in close()
-        self.run = None
         if config.wandb_project:
             try:
                 import wandb  # optional dependency
@@ -487,6 +567,8 @@ class _Logger:
             self.run = wandb.init(project=config.wandb_project, config=config.model_dump(mode="json"), resume="allow")
 
     def log(self, step: int, stats: StepStats, lr: float) -> None:
+        if self.file is None:
+            return
         record = {"step": step, **stats.__dict__, "lr": lr}
         self.file.write(json.dumps(record) + "\n")
         if self.run is not None:
@@ -494,10 +576,13 @@ class _Logger:
 
     def flush(self) -> None:
         """Every line so far on disk: called before a checkpoint, so the log never lags the weights."""
+        if self.file is None:
+            return
         self.file.flush()
         os.fsync(self.file.fileno())
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.run is not None:
             self.run.finish()
