@@ -109,7 +109,8 @@ def remove_stale_temps_under(root: Path) -> int:
 # ------------------------------------------------------------------------------------ envelopes
 ENVELOPE_FORMAT_VERSION = 1
 # Where a result is computed, or what it was allowed to use, not what it is: never compared.
-PLACEMENT_FIELDS = frozenset({"device", "allow_other_model", "workers", "ray_address", "nproc"})
+PLACEMENT_FIELDS = frozenset({"device", "allow_other_model", "workers", "ray_address", "nproc",
+                              "checkpoint_seconds"})
 
 
 def result_settings(config: Any) -> dict[str, Any]:

@@ -41,11 +41,11 @@ def build_index(config: Any, sae_dir: Path, activations_dir: Path, traces_dir: P
                              distributed_states=shard_states_on_ray)
 
 
-def shard_states_on_ray(config: Any, sae_dir: Path, store: ActivationStore, layer: int) -> Iterator[tuple[ShardInfo, Any]]:
-    """(shard, (partial state, tokens indexed)) in shard order, computed by `config.workers` actors."""
+def shard_states_on_ray(config: Any, sae_dir: Path, store: ActivationStore, layer: int,
+                        shards: list[ShardInfo]) -> Iterator[tuple[ShardInfo, Any]]:
+    """(shard, (partial state, tokens indexed)) for `shards` in order, computed by `config.workers` actors."""
     from thinklens.distributed.ray import actor_class, ray_session
 
-    shards = store.shards()
     with ray_session(config) as ray:
         count = max(1, min(config.workers, len(shards)))
         actor, threads = actor_class(ray, IndexWorker, count)

@@ -29,6 +29,7 @@ from thinklens.activations.store import ActivationManifest, ActivationStore
 from thinklens.data.segments import SEGMENT_NAMES
 from thinklens.data.traces import TraceStore
 from thinklens.errors import ThinklensError
+from thinklens.features.checkpoint import IndexCheckpoint, Resumed
 from thinklens.features.db import FeatureDB
 from thinklens.features.labels import HEURISTIC_MODEL, HEURISTIC_VERSION, heuristic_labels
 from thinklens.features.schema import migrate
@@ -67,6 +68,9 @@ class IndexConfig(RayPlacement):
     )
     allow_other_model: bool = Field(
         default=False, description="Use an SAE trained on another model than the run's (a deliberate transfer).")
+    checkpoint_seconds: float = Field(
+        default=60.0, ge=0, description="Save the merged state this often (seconds), so a killed index resumes "
+        "there; 0: after every shard.")
 
 
 
@@ -149,23 +153,17 @@ def build_index(config: IndexConfig, sae_dir: Path, activations_dir: Path, trace
     precision = {"dtype": "float32"} if device.type == "cpu" else {}
     loaded = load_model(store.model_config(device=config.device, **precision))
     tokenizer = loaded.tokenizer
-    stats = _FeatureStats(sae.config.d_sae, config)
-    indexed = 0
     if config.distributed and config.store_all:
         raise ThinklensError("--store-all keeps every activation in one database writer: index it without --workers")
+    checkpoint = IndexCheckpoint(Path(db_path), {"sae_sha256": _sha256(Path(sae_dir) / WEIGHTS_FILE),
+                                                 "arguments": result_settings(config),
+                                                 "store": _sha256(store.directory / "manifest.json")},
+                                 config.checkpoint_seconds)
     with atomic_path(Path(db_path)) as temp, closing(sqlite3.connect(temp)) as connection:  # closed on any error
         connection.executescript("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;")  # a temp file until renamed
         migrate(connection)
-        vocabulary: set[int] = set()
-        with progress_bar("index", total=store.token_count, enabled=show_progress) as bar:
-            for shard, (partial, count) in _shard_states(sae, store, layer, config, connection, sae_dir,
-                                                          distributed_states):
-                index = store.read_index(shard, ["sequence_id", "token_idx", "token_id", "segment"]).to_pydict()
-                _insert_tokens(connection, index)
-                vocabulary.update(np.unique(index["token_id"]).tolist())
-                stats.merge(partial)
-                indexed += count
-                bar.advance(shard.rows, tokens=shard.rows)
+        stats, indexed, vocabulary = _encode_shards(sae, store, layer, config, connection, sae_dir, checkpoint,
+                                                    distributed_states, show_progress)
         _insert_vocab(connection, tokenizer, vocabulary)
         _insert_sequences(connection, traces_dir)
         unembedding = loaded.model.get_output_embeddings()
@@ -181,6 +179,7 @@ def build_index(config: IndexConfig, sae_dir: Path, activations_dir: Path, trace
         connection.commit()
         connection.execute("ANALYZE")
         connection.execute("VACUUM")  # packs the pages the B-trees left part-empty: ~10 % smaller
+    checkpoint.remove()
     size = Path(db_path).stat().st_size
     return IndexResult(Path(db_path), store.token_count, indexed, time.perf_counter() - started, size)
 
@@ -212,16 +211,50 @@ def _sha256(path: Path) -> str:
 
 
 @torch.no_grad()
-def _shard_states(sae: Sae, store: ActivationStore, layer: int, config: IndexConfig,
+def _encode_shards(sae: Sae, store: ActivationStore, layer: int, config: IndexConfig, connection: sqlite3.Connection,
+                   sae_dir: Path, checkpoint: IndexCheckpoint, distributed_states, show_progress: bool
+                   ) -> tuple[_FeatureStats, int, set[int]]:
+    """Every shard's tokens into the database and its partial state merged in shard order, resuming after
+    the shards a checkpoint holds (their tokens are inserted again; they are not encoded again). Returns
+    the merged state, the tokens indexed and the vocabulary seen."""
+    stats = _FeatureStats(sae.config.d_sae, config)
+    resumed = Resumed() if config.store_all else checkpoint.load()
+    if resumed.state is not None:
+        stats.__dict__.update(resumed.state)
+    indexed, vocabulary, shards = resumed.indexed, set(), store.shards()
+    with progress_bar("index", total=store.token_count, enabled=show_progress) as bar:
+        for shard in shards[:resumed.shards]:
+            vocabulary.update(_insert_shard_tokens(connection, store, shard))
+            bar.advance(shard.rows)
+        states = _shard_states(sae, store, layer, shards[resumed.shards:], config, connection, sae_dir,
+                               distributed_states)
+        for done, (shard, (partial, count)) in enumerate(states, start=resumed.shards + 1):
+            vocabulary.update(_insert_shard_tokens(connection, store, shard))
+            stats.merge(partial)
+            indexed += count
+            if not config.store_all and done < len(shards):
+                checkpoint.save_if_due(done, indexed, stats.__getstate__())
+            bar.advance(shard.rows, tokens=shard.rows)
+    return stats, indexed, vocabulary
+
+
+def _insert_shard_tokens(connection: sqlite3.Connection, store: ActivationStore, shard) -> set[int]:
+    """One shard's tokens into the `tokens` table; returns the token ids it holds."""
+    index = store.read_index(shard, ["sequence_id", "token_idx", "token_id", "segment"]).to_pydict()
+    _insert_tokens(connection, index)
+    return set(np.unique(index["token_id"]).tolist())
+
+
+def _shard_states(sae: Sae, store: ActivationStore, layer: int, shards: list, config: IndexConfig,
                   connection: sqlite3.Connection, sae_dir: Path, distributed_states
                   ) -> Iterator[tuple[Any, tuple[_FeatureStats, int]]]:
-    """(shard, (its partial state, tokens indexed)) in shard order: computed here, or by Ray workers."""
+    """(shard, (its partial state, tokens indexed)) for `shards` in order: computed here, or by Ray workers."""
     if config.distributed:
         if distributed_states is None:
             raise ThinklensError("index --workers runs through thinklens.distributed.index.build_index")
-        yield from distributed_states(config, sae_dir, store, layer)
+        yield from distributed_states(config, sae_dir, store, layer, shards)
         return
-    for shard in store.shards():
+    for shard in shards:
         yield shard, shard_state(sae, store, layer, shard, config, connection)
 
 
