@@ -66,3 +66,21 @@ def indexed_run(tiny_models, tmp_path_factory) -> Path:
     build_index(IndexConfig(top=8, quantile_samples=4, batch_size=256), run / "sae", run / "activations",
                 run / "traces", run / "features.db", show_progress=False)
     return run
+
+
+@pytest.fixture
+def one_build_second(monkeypatch):
+    """A feature database records when its schema was applied (to the second); tests that compare two
+    builds byte for byte build both within the same recorded second."""
+    from datetime import UTC, datetime
+
+    from thinklens.features import schema
+
+    frozen = datetime(2026, 1, 1, tzinfo=UTC)
+
+    class _Clock:
+        @staticmethod
+        def now(tz=None):
+            return frozen
+
+    monkeypatch.setattr(schema, "datetime", _Clock)

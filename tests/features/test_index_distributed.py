@@ -21,7 +21,7 @@ def _dump(db: Path) -> list[str]:
         return list(connection.iterdump())
 
 
-def test_two_ray_workers_build_the_database_one_process_builds(indexed_run, tmp_path):
+def test_two_ray_workers_build_the_database_one_process_builds(indexed_run, tmp_path, one_build_second):
     config = IndexConfig(top=8, quantile_samples=4, batch_size=256)
     one, two = tmp_path / "one.db", tmp_path / "two.db"
     build_index(config, indexed_run / "sae", indexed_run / "activations", indexed_run / "traces", one,

@@ -37,7 +37,8 @@ def _encoding_counted(monkeypatch, kill_at: int | None = None) -> list[int]:
     return encoded
 
 
-def test_a_killed_index_resumes_after_its_checkpoint_to_the_same_database(indexed_run, tmp_path, monkeypatch):
+def test_a_killed_index_resumes_after_its_checkpoint_to_the_same_database(indexed_run, tmp_path, monkeypatch,
+                                                                        one_build_second):
     shards = [shard.shard for shard in ActivationStore(indexed_run / "activations").shards()]
     assert len(shards) >= 4
     whole = tmp_path / "whole.db"
@@ -55,7 +56,7 @@ def test_a_killed_index_resumes_after_its_checkpoint_to_the_same_database(indexe
     assert not checkpoint.exists()
 
 
-def test_a_checkpoint_of_other_settings_is_not_resumed(indexed_run, tmp_path, monkeypatch):
+def test_a_checkpoint_of_other_settings_is_not_resumed(indexed_run, tmp_path, monkeypatch, one_build_second):
     shards = [shard.shard for shard in ActivationStore(indexed_run / "activations").shards()]
     db = tmp_path / "features.db"
     _encoding_counted(monkeypatch, kill_at=2)

@@ -23,6 +23,7 @@ from thinklens.errors import ThinklensError
 from thinklens.models.formats import ReasoningFormat, detect_format, make_format, render_prompt
 from thinklens.models.generate import Sampling, generate
 from thinklens.models.loader import LoadedModel, ModelConfig, load_model, load_tokenizer
+from thinklens.placement import RayPlacement
 from thinklens.progress import progress_bar
 
 
@@ -39,8 +40,9 @@ class GenerationConfig(BaseModel):
     batch_size: int = Field(default=32, ge=1, description="Prompts generated together.")
 
 
-class CollectConfig(BaseModel):
-    """What `collect` generates: model, prompts, reasoning format and sampling."""
+class CollectConfig(RayPlacement):
+    """What `collect` generates: model, prompts, reasoning format and sampling (and, as placement, the Ray
+    workers that may generate it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
@@ -75,7 +77,7 @@ class CollectConfig(BaseModel):
 
     def identity(self) -> dict[str, Any]:
         """What makes two collections the same run (the limit may grow between runs)."""
-        facts = self.model_dump(mode="json", exclude={"limit"})
+        facts = self.model_dump(mode="json", exclude={"limit", *RayPlacement.model_fields})
         facts["model"] = {key: facts["model"][key] for key in ("model", "revision", "dtype")}
         facts["generation"].pop("batch_size")
         return facts
@@ -99,11 +101,15 @@ class CollectResult:
 
 
 def collect(
-    config: CollectConfig, traces_dir: Path, show_progress: bool = True, loaded: LoadedModel | None = None
+    config: CollectConfig, traces_dir: Path, show_progress: bool = True, loaded: LoadedModel | None = None,
+    distributed_runner=None,
 ) -> CollectResult:
     """Generate (or import) traces for every prompt not yet in `traces_dir`.
 
-    `loaded` reuses a model already in memory (it must be the one `config.model` names).
+    `loaded` reuses a model already in memory (it must be the one `config.model` names). The prompts left
+    are generated in batches of `generation.batch_size`, each seeded by its first prompt, so a batch's
+    traces are the same whoever generates it; with `config.workers` > 1 `distributed_runner` generates
+    them (thinklens.distributed.collect passes its Ray one: call that module's `collect`).
     """
     started = time.perf_counter()
     prompts = load_prompts(config.prompts, limit=config.limit, seed=config.prompt_seed, split=config.split)
@@ -117,21 +123,33 @@ def collect(
         store.claim(config.identity())
         return _import(config, store, prompts, todo, started, show_progress)
 
+    batches = [todo[first:first + config.generation.batch_size]
+               for first in range(0, len(todo), config.generation.batch_size)]
+    if config.distributed:
+        if distributed_runner is None:
+            raise ThinklensError("collect --workers runs through thinklens.distributed.collect.collect")
+        tokens, format_name = distributed_runner(config, store, batches, len(prompts), show_progress)
+    else:
+        tokens, format_name = _generate_here(config, store, batches, len(prompts), loaded, show_progress)
+    seconds = time.perf_counter() - started
+    return CollectResult(traces_dir, len(prompts), len(todo), len(prompts) - len(todo), tokens, seconds, format_name)
+
+
+def _generate_here(config: CollectConfig, store: TraceStore, batches: list[list[PromptRecord]], total: int,
+                   loaded: LoadedModel | None, show_progress: bool) -> tuple[int, str]:
+    """Generate and write `batches` in this process; returns (generated tokens, format name)."""
     loaded = loaded or load_model(config.model)
     fmt = resolve_format(loaded.tokenizer, config)
     store.claim(config.identity())  # only now: a model that fails to load leaves nothing that refuses the retry
-    batch_size = config.generation.batch_size
     tokens = 0
-    with progress_bar("collect", total=len(prompts), enabled=show_progress) as bar:
-        bar.advance(len(prompts) - len(todo))
-        for first in range(0, len(todo), batch_size):
-            batch = todo[first : first + batch_size]
+    with progress_bar("collect", total=total, enabled=show_progress) as bar:
+        bar.advance(total - sum(map(len, batches)))
+        for batch in batches:
             rows, batch_tokens = generate_batch(loaded, fmt, batch, config)
             store.write_part(rows)
             tokens += batch_tokens
             bar.advance(len(batch), tokens=batch_tokens)
-    seconds = time.perf_counter() - started
-    return CollectResult(traces_dir, len(prompts), len(todo), len(prompts) - len(todo), tokens, seconds, fmt.name)
+    return tokens, fmt.name
 
 
 def resolve_format(tokenizer: Any, config: CollectConfig) -> ReasoningFormat:

@@ -24,12 +24,12 @@ from thinklens.activations.harvest import (
     _manifest,
 )
 from thinklens.activations.store import ActivationStore, ShardInfo
-from thinklens.distributed.ray import actor_class, ray_session
-from thinklens.errors import ThinklensError
+from thinklens.distributed.ray import actor_class, ray_session, result_of
 from thinklens.models.loader import ModelConfig
 from thinklens.progress import progress_bar
 
 EXIT_AFTER_ENV = "THINKLENS_HARVEST_WORKER_EXIT_AFTER"  # tests: a worker process dies after this many shards
+RETRY = "run harvest again; the shards it finished are kept and only the rest are redone"
 
 
 class ShardWorker:
@@ -78,7 +78,7 @@ def harvest_on_ray(config: HarvestConfig, model_config: ModelConfig, traces_dir:
     marked = {s.shard: s for s in store.marked_shards().values() if s in plan}
     with ray_session(config) as ray:
         workers = _start_workers(ray, config, model_config, traces_dir, store, plan, done, marked)
-        facts: ModelFacts = ray.get(workers[0].describe.remote())
+        facts: ModelFacts = result_of(ray, workers[0].describe.remote(), "harvest", RETRY)
         manifest = _manifest(store, identity, facts, config, chat_format, done)
         left = [s for s in plan[len(done):]
                 if not (s.shard in marked and store.shard_intact(s, facts.layers, facts.d_model, manifest.dtype))]
@@ -115,11 +115,7 @@ def _run_shards(ray, workers: list[Any], shards: list[ShardInfo], dtype: str, al
         bar.advance(already)
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            try:
-                rows = ray.get(ready[0])
-            except ray.exceptions.RayActorError as exc:
-                raise ThinklensError(f"a harvest worker died ({type(exc).__name__}): run harvest again; the shards "
-                                     "it finished are kept and only the rest are redone") from None
+            rows = result_of(ray, ready[0], "harvest", RETRY)
             written += rows
             bar.advance(rows, tokens=rows)
     return written

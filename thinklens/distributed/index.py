@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 from thinklens.activations.store import ActivationStore, ShardInfo
-from thinklens.errors import ThinklensError
 
 
 class IndexWorker:
@@ -44,7 +43,7 @@ def build_index(config: Any, sae_dir: Path, activations_dir: Path, traces_dir: P
 def shard_states_on_ray(config: Any, sae_dir: Path, store: ActivationStore, layer: int,
                         shards: list[ShardInfo]) -> Iterator[tuple[ShardInfo, Any]]:
     """(shard, (partial state, tokens indexed)) for `shards` in order, computed by `config.workers` actors."""
-    from thinklens.distributed.ray import actor_class, ray_session
+    from thinklens.distributed.ray import actor_class, ray_session, result_of
 
     with ray_session(config) as ray:
         count = max(1, min(config.workers, len(shards)))
@@ -53,7 +52,4 @@ def shard_states_on_ray(config: Any, sae_dir: Path, store: ActivationStore, laye
         per = -(-len(shards) // count) if shards else 0
         pending = [workers[i // per].run.remote(shard) for i, shard in enumerate(shards)] if per else []
         for shard, future in zip(shards, pending, strict=True):  # in order: the merge must see shard 0 first
-            try:
-                yield shard, ray.get(future)
-            except ray.exceptions.RayActorError as exc:
-                raise ThinklensError(f"an index worker died ({type(exc).__name__}): run index again") from None
+            yield shard, result_of(ray, future, "index", "run index again")

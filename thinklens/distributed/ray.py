@@ -37,3 +37,20 @@ def actor_class(ray: Any, cls: type, count: int) -> tuple[Any, int]:
     threads = max(1, int(cpus // count))
     gpus = 1 if ray.available_resources().get("GPU", 0) >= count else 0
     return ray.remote(num_cpus=min(threads, cpus / count), num_gpus=gpus)(cls), threads
+
+
+def worker_failure(exc: Exception, stage: str, retry: str) -> ThinklensError:
+    """A Ray actor's failure as one line: its own ThinklensError when it raised one while starting (a
+    model that does not load names its fix there), else that it died and how to go on (`retry`)."""
+    text, marker = str(exc), "ThinklensError: "
+    if getattr(exc, "actor_init_failed", False) and marker in text:
+        return ThinklensError(text.rsplit(marker, 1)[1].strip().splitlines()[0])
+    return ThinklensError(f"a {stage} worker died ({type(exc).__name__}): {retry}")
+
+
+def result_of(ray: Any, future: Any, stage: str, retry: str) -> Any:
+    """`ray.get(future)`, with a worker's failure as one line (`worker_failure`)."""
+    try:
+        return ray.get(future)
+    except ray.exceptions.RayActorError as exc:
+        raise worker_failure(exc, stage, retry) from None

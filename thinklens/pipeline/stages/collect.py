@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from thinklens.data.collect import CollectConfig, collect
+from thinklens.data.collect import CollectConfig
 from thinklens.data.traces import summarize_traces
 from thinklens.distill.organism import ensure_organism
+from thinklens.distributed.collect import collect
 from thinklens.models.default import ORGANISM_NAME
 from thinklens.pipeline.rundir import RunDir
 from thinklens.pipeline.stage import Stage, StageResult
@@ -50,7 +51,8 @@ STAGE = Stage(
         "seed": "generation.seed", "batch_size": "generation.batch_size", "prompt_seed": "prompt_seed",
         "split": "split", "import_traces": "import_traces", "prefix_pattern": "prefix.pattern",
         "prefix_max_tokens": "prefix.max_tokens", "device": "model.device", "dtype": "model.dtype",
-        "device_map": "model.device_map", "revision": "model.revision",
+        "device_map": "model.device_map", "revision": "model.revision", "workers": "workers",
+        "ray_address": "ray_address",
     },
     short={"model": "-m", "prompts": "-p", "limit": "-n"},
 )

@@ -36,5 +36,5 @@ STAGE = Stage(
     writes=("features_db",),
     options={"top": "top", "quantile_samples": "quantile_samples", "all": "store_all", "batch_size": "batch_size",
              "layer": "layer", "allow_other_model": "allow_other_model", "device": "device", "workers": "workers",
-             "ray_address": "ray_address"},
+             "ray_address": "ray_address", "checkpoint_seconds": "checkpoint_seconds"},
 )
