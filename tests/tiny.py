@@ -106,11 +106,15 @@ FAMILIES = ("llama", "qwen2", "qwen3", "gemma3", "deepseek_v3", "gpt2")
 TEMPLATE_OF_FAMILY = {"qwen2": "r1", "llama": "r1", "deepseek_v3": "r1", "qwen3": "qwen3", "gemma3": "chatml", "gpt2": "none"}
 
 
-def build_tiny_model(family: str, directory: Path, seed: int = 0) -> Path:
-    """Save a random tiny model of `family` and a matching tokenizer to `directory`; returns it."""
+def build_tiny_model(family: str, directory: Path, seed: int = 0, **overrides) -> Path:
+    """Save a random tiny model of `family` (config fields `overrides` changed) and a matching tokenizer to
+    `directory`; returns it."""
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(directory, TEMPLATE_OF_FAMILY[family])
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(family_config(family, tokenizer))
+    config = family_config(family, tokenizer)
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    model = transformers.AutoModelForCausalLM.from_config(config)
     model.save_pretrained(directory)
     return directory

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 import typer
 from pydantic import ValidationError
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from thinklens.cli_output import err_console
@@ -97,4 +98,5 @@ def _disk_full(exc: Exception) -> bool:
 
 
 def _print_error(message: str, kind: str = "error") -> None:
-    err_console.print(f"[red]{kind}:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+    # The message is text, not markup: `pip install 'thinklens[ray]'` must keep its brackets.
+    err_console.print(f"[red]{kind}:[/red] {escape(message)}", highlight=False, soft_wrap=True, markup=True)

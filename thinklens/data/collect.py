@@ -66,6 +66,10 @@ class CollectConfig(RayPlacement):
     )
     prefix: PrefixConfig = Field(default_factory=PrefixConfig, description="How the opening prefix is found.")
     generation: GenerationConfig = Field(default_factory=GenerationConfig, description="Sampling settings.")
+    engine: Literal["transformers", "vllm"] = Field(
+        default="transformers",
+        description="What generates: 'transformers' (thinklens' own KV-cache loop) or 'vllm' (vLLM's offline engine: "
+        "continuous batching, CUDA graphs; each prompt seeded by its sequence id). Harvesting is the same either way.")
     import_traces: bool = Field(
         default=False, description="Import the traces the data carries (e.g. OpenR1-Math generations) instead of generating."
     )
@@ -135,21 +139,44 @@ def collect(
     return CollectResult(traces_dir, len(prompts), len(todo), len(prompts) - len(todo), tokens, seconds, format_name)
 
 
+class TraceWriter:
+    """A model ready to write traces batch by batch, through the configured engine; what a Ray worker holds too."""
+
+    def __init__(self, config: CollectConfig, loaded: LoadedModel | None = None) -> None:
+        self.config = config
+        if config.engine == "vllm":
+            from thinklens.models.vllm_engine import VllmGenerator
+
+            self.engine: Any = VllmGenerator(config.model)
+            self.tokenizer = self.engine.tokenizer
+        else:
+            self.engine = loaded or load_model(config.model)
+            self.tokenizer = self.engine.tokenizer
+        self.format = resolve_format(self.tokenizer, config)
+
+    def write(self, store: TraceStore, batch: list[PromptRecord]) -> int:
+        """Generate `batch` and write it as one part; returns the generated tokens."""
+        if self.config.engine == "vllm":
+            rows, tokens = _vllm_batch(self.engine, self.format, batch, self.config)
+        else:
+            rows, tokens = generate_batch(self.engine, self.format, batch, self.config)
+        store.write_part(rows)
+        return tokens
+
+
 def _generate_here(config: CollectConfig, store: TraceStore, batches: list[list[PromptRecord]], total: int,
                    loaded: LoadedModel | None, show_progress: bool) -> tuple[int, str]:
     """Generate and write `batches` in this process; returns (generated tokens, format name)."""
-    loaded = loaded or load_model(config.model)
-    fmt = resolve_format(loaded.tokenizer, config)
+    writer = TraceWriter(config, loaded)
     store.claim(config.identity())  # only now: a model that fails to load leaves nothing that refuses the retry
     tokens = 0
     with progress_bar("collect", total=total, enabled=show_progress) as bar:
         bar.advance(total - sum(map(len, batches)))
         for batch in batches:
-            rows, batch_tokens = generate_batch(loaded, fmt, batch, config)
-            store.write_part(rows)
+            batch_tokens = writer.write(store, batch)
             tokens += batch_tokens
             bar.advance(len(batch), tokens=batch_tokens)
-    return tokens, fmt.name
+    return tokens, writer.format.name
 
 
 def resolve_format(tokenizer: Any, config: CollectConfig) -> ReasoningFormat:
@@ -181,6 +208,21 @@ def generate_batch(
         prompt_ids = encoded["input_ids"][i][encoded["attention_mask"][i].bool()].tolist()
         row = trace_row(tokenizer, fmt, config.prefix, record, prompt_ids, completion.token_ids, completion.finish_reason)
         rows.append(row)
+    return rows, sum(len(completion.token_ids) for completion in completions)
+
+
+def _vllm_batch(generator: Any, fmt: ReasoningFormat, batch: list[PromptRecord], config: CollectConfig
+                ) -> tuple[list[dict[str, Any]], int]:
+    """Generate one batch through vLLM, each prompt with its own seed; returns trace rows and generated tokens."""
+    tokenizer, generation = generator.tokenizer, config.generation
+    prompts = [tokenizer(render_prompt(tokenizer, fmt, record.prompt), add_special_tokens=False)["input_ids"]
+               for record in batch]
+    completions = generator.generate(
+        prompts, [generation.seed * 1_000_003 + record.sequence_id for record in batch],
+        Sampling(greedy=generation.greedy, temperature=generation.temperature, top_p=generation.top_p),
+        generation.max_new_tokens)
+    rows = [trace_row(tokenizer, fmt, config.prefix, record, ids, completion.token_ids, completion.finish_reason)
+            for record, ids, completion in zip(batch, prompts, completions, strict=True)]
     return rows, sum(len(completion.token_ids) for completion in completions)
 
 

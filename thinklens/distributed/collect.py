@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from thinklens.data.collect import CollectConfig, CollectResult, generate_batch, resolve_format
+from thinklens.data.collect import CollectConfig, CollectResult, TraceWriter
 from thinklens.data.records import PromptRecord
 from thinklens.data.traces import TraceStore
 from thinklens.distributed.ray import actor_class, ray_session, result_of
@@ -24,26 +24,23 @@ RETRY = "run collect again; the batches it finished are kept and only the rest a
 
 
 class TraceWorker:
-    """One Ray actor: a model, and the batches it is given, each written as one part of the trace store."""
+    """One Ray actor: a model (through the configured engine), and the batches it is given, each written as
+    one part of the trace store."""
 
     def __init__(self, config: CollectConfig, traces_dir: str, threads: int) -> None:
         import torch
 
-        from thinklens.models.loader import load_model
-
         torch.set_num_threads(threads)
-        self.loaded = load_model(config.model)
-        self.format = resolve_format(self.loaded.tokenizer, config)
-        self.config, self.store = config, TraceStore(Path(traces_dir))
+        self.writer = TraceWriter(config)
+        self.store = TraceStore(Path(traces_dir))
         self.finished = 0
 
     def describe(self) -> str:
         """The reasoning format this model writes (detected from its tokenizer when 'auto')."""
-        return self.format.name
+        return self.writer.format.name
 
     def run(self, batch: list[PromptRecord]) -> tuple[int, int]:
-        rows, tokens = generate_batch(self.loaded, self.format, batch, self.config)
-        self.store.write_part(rows)
+        tokens = self.writer.write(self.store, batch)
         self.finished += 1
         if os.environ.get(EXIT_AFTER_ENV) and self.finished >= int(os.environ[EXIT_AFTER_ENV]):
             os._exit(1)  # a real death, as a killed node: no exception, no clean-up

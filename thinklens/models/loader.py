@@ -91,13 +91,18 @@ class LoadedModel:
     @property
     def eos_token_ids(self) -> list[int]:
         """Every token that ends generation: the generation config's and the tokenizer's EOS."""
-        ids: set[int] = set()
-        for source in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
-            if isinstance(source, int):
-                ids.add(source)
-            elif source:
-                ids.update(source)
-        return sorted(ids)
+        return eos_ids_of(self.model.generation_config.eos_token_id, self.tokenizer)
+
+
+def eos_ids_of(generation_eos: int | list[int] | None, tokenizer: Any) -> list[int]:
+    """The generation config's EOS id(s) and the tokenizer's, sorted."""
+    ids: set[int] = set()
+    for source in (generation_eos, tokenizer.eos_token_id):
+        if isinstance(source, int):
+            ids.add(source)
+        elif source:
+            ids.update(source)
+    return sorted(ids)
 
 
 def parse_model_spec(spec: str) -> ModelSpec:
@@ -165,7 +170,7 @@ def load_model(config: ModelConfig) -> LoadedModel:
 
     spec = parse_model_spec(config.model)
     device = resolve_device(config.device)
-    source, kwargs, fingerprint = _source(spec, config)
+    source, kwargs, fingerprint = model_source(spec, config)
     tokenizer = load_tokenizer(config)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -190,7 +195,7 @@ def load_tokenizer(config: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 
     spec = parse_model_spec(config.model)
-    source, kwargs, _ = _source(spec, config)
+    source, kwargs, _ = model_source(spec, config)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
     except OSError as exc:
@@ -200,7 +205,7 @@ def load_tokenizer(config: ModelConfig) -> Any:
     return tokenizer
 
 
-def _source(spec: ModelSpec, config: ModelConfig) -> tuple[str, dict[str, Any], str]:
+def model_source(spec: ModelSpec, config: ModelConfig) -> tuple[str, dict[str, Any], str]:
     """Where transformers loads from, the loading options, and a fingerprint of the weights."""
     if spec.gguf_file is not None:
         directory, sha = _dequantised_gguf_dir(spec.gguf_file)

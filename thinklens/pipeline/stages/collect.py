@@ -52,7 +52,7 @@ STAGE = Stage(
         "split": "split", "import_traces": "import_traces", "prefix_pattern": "prefix.pattern",
         "prefix_max_tokens": "prefix.max_tokens", "device": "model.device", "dtype": "model.dtype",
         "device_map": "model.device_map", "revision": "model.revision", "workers": "workers",
-        "ray_address": "ray_address",
+        "ray_address": "ray_address", "engine": "engine",
     },
     short={"model": "-m", "prompts": "-p", "limit": "-n"},
 )
