@@ -19,7 +19,7 @@ from rich.text import Text
 
 from thinklens import __version__
 from thinklens.cli_errors import OneLineUsageErrors, debug_state, user_errors
-from thinklens.cli_output import RunPrinter, console, print_facts, print_result
+from thinklens.cli_output import RunPrinter, console, print_facts, print_plan, print_result, print_run_outputs
 
 
 def describe(model: type[BaseModel], field: str) -> str:
@@ -32,7 +32,6 @@ def given(**options: Any) -> dict[str, Any]:
     return {name: value for name, value in options.items() if value is not None}
 
 
-# ----------------------------------------------------------------------------------- printing
 # ----------------------------------------------------------------------------------- the app
 app = typer.Typer(
     name="thinklens",
@@ -69,6 +68,7 @@ from thinklens.features.autointerp.run import ExplainConfig  # noqa: E402
 from thinklens.features.contrast import ContrastConfig  # noqa: E402
 from thinklens.pipeline import STAGES, RunConfig, RunDir, load_run_config  # noqa: E402
 from thinklens.pipeline import run as run_pipeline  # noqa: E402
+from thinklens.pipeline.estimate import plan_run  # noqa: E402
 from thinklens.server.config import ServeConfig  # noqa: E402
 from thinklens.steering.compare import SteerConfig  # noqa: E402
 
@@ -84,17 +84,18 @@ def run_command(
     from_stage: Annotated[
         str | None, typer.Option("--from", help="Force this stage and every later one (their outputs are replaced).")
     ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print each stage's plan (where, tokens, bytes, time) "
+                                                            "and run nothing.")] = False,
 ) -> None:
     """Run every stage: collect → harvest → train → eval → index → label → analyze → findings → map → sweep → report.
 
     Each stage skips work already done, so a re-run after a crash resumes where it stopped.
     """
     run_config = load_run_config(config) if config else RunConfig()
+    if dry_run:
+        return print_plan(plan_run(run_config), run_config.plan.throughput_source)
     run_pipeline(run_config, out=out, from_stage=from_stage, observer=RunPrinter(from_stage))
-    root = RunDir(out or run_config.out)
-    console.rule("[bold]done")
-    for path in (root.report_html, root.map_html, root.features_db):
-        console.print(f"{path.name}: {path}", highlight=False, soft_wrap=True)
+    print_run_outputs(RunDir(out or run_config.out))
 
 
 # ----------------------------------------------------------------------------------- queries

@@ -22,16 +22,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from thinklens.errors import ThinklensError, yaml_problem
+from thinklens.pipeline.estimate import PlanConfig
 from thinklens.pipeline.registry import STAGE_NAMES, STAGES, get_stage
 from thinklens.pipeline.stage import Stage
 
-TOP_LEVEL = {"out", "description"}
+TOP_LEVEL = {"out", "description", "plan"}
 
 
 def _run_config_model() -> type[BaseModel]:
     fields: dict[str, Any] = {
         "out": (Path | None, Field(default=None, description="The run directory (`thinklens run --out` wins).")),
         "description": (str | None, Field(default=None, description="A note on what this run is for.")),
+        "plan": (PlanConfig, Field(default_factory=PlanConfig, description="For `thinklens run --dry-run` only: "
+                                   "the model's width and the rates its time estimates use.")),
     }
     for stage in STAGES:
         if stage.needs_section:  # required fields: no default section
@@ -66,7 +69,7 @@ def read_run_document(path: Path) -> dict[str, Any]:
     unknown = sorted(set(document) - set(STAGE_NAMES) - TOP_LEVEL)
     if unknown:
         raise ThinklensError(
-            f"{path}: unknown section(s) {', '.join(unknown)}; sections are {', '.join(STAGE_NAMES)} (and 'out')"
+            f"{path}: unknown section(s) {', '.join(unknown)}; sections are {', '.join(STAGE_NAMES)} (and out, description, plan)"
         )
     sections = {key: document[key] for key in TOP_LEVEL if document.get(key) is not None}
     for name in STAGE_NAMES:

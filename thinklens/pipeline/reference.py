@@ -35,6 +35,10 @@ def render_reference() -> str:
         lines += [f"# {line}" for line in textwrap.wrap(" ".join(stage.help.split()), 100)]
         lines.append(f"{stage.name}:" if stage.config.model_fields else f"{stage.name}: {{}}")
         lines += _model_lines(stage.config, 1)
+    lines.append("")
+    lines += _comment(RunConfig.model_fields["plan"], 0)
+    lines.append("plan:")
+    lines += _model_lines(RunConfig.model_fields["plan"].annotation, 1)
     return "\n".join(lines) + "\n"
 
 
