@@ -110,7 +110,7 @@ def remove_stale_temps_under(root: Path) -> int:
 ENVELOPE_FORMAT_VERSION = 1
 # Where a result is computed, or what it was allowed to use, not what it is: never compared.
 PLACEMENT_FIELDS = frozenset({"device", "allow_other_model", "workers", "ray_address", "nproc",
-                              "checkpoint_seconds"})
+                              "checkpoint_seconds", "distribute_layers"})
 
 
 def result_settings(config: Any) -> dict[str, Any]:

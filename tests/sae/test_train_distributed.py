@@ -139,3 +139,36 @@ def test_a_killed_rank_fails_the_job_and_the_run_resumes_on_another_number_of_ra
     _assert_same_weights(killed / "sae", whole / "sae")
     steps = [json.loads(line)["step"] for line in (killed / "sae" / LOG_FILE).read_text().splitlines()]
     assert steps == list(range(1, len(steps) + 1))  # one line per step, across the kill
+
+
+@pytest.fixture(scope="module")
+def two_layer_store(indexed_run, tmp_path_factory) -> Path:
+    from thinklens.activations.harvest import HarvestConfig, harvest
+
+    activations = tmp_path_factory.mktemp("two-layers") / "activations"
+    harvest(HarvestConfig(layers=(0, 1), shard_tokens=600), indexed_run / "traces", activations, show_progress=False)
+    return activations
+
+
+def _layer_command(run: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "thinklens", "train", str(run), "--arch", "topk", "--k", "4", "--expansion", "2",
+            "--batch-size", "128", "--min-steps", "30", "--distribute-layers", *extra]
+
+
+@pytest.mark.integration
+def test_distribute_layers_trains_each_layer_on_its_own_rank_as_one_process_would(two_layer_store, tmp_path):
+    one, two = _run_with(two_layer_store, tmp_path / "one"), _run_with(two_layer_store, tmp_path / "two")
+    sequential = subprocess.run(_layer_command(one), capture_output=True, text=True)  # one process: one after another
+    assert sequential.returncode == 0, sequential.stderr[-2000:]
+    launched = subprocess.run(_layer_command(two, "--nproc", "2"), capture_output=True, text=True)
+    assert launched.returncode == 0, launched.stderr[-2000:]
+    for run in (one, two):
+        assert load_sae(run / "sae").config.layer == 0  # the run's own layer stays RUN/sae
+        assert load_sae(run / "saes" / "layers.1.resid_post").config.layer == 1
+    _assert_same_weights(one / "sae", two / "sae")
+    _assert_same_weights(one / "saes" / "layers.1.resid_post", two / "saes" / "layers.1.resid_post")
+    assert "layer 1 → saes/layers.1.resid_post" in launched.stdout
+    plain = subprocess.run([sys.executable, "-m", "thinklens", "train", str(one), "--arch", "topk", "--k", "4",
+                            "--expansion", "2", "--batch-size", "128", "--min-steps", "30"], capture_output=True,
+                           text=True)
+    assert plain.returncode == 0 and "nothing to do" in plain.stdout  # RUN/sae is what a plain train makes

@@ -5,6 +5,7 @@ RUN/
   run.yaml          RunRecord: the RunConfig that ran (`config`) and what each stage resolved (`stages`)
   traces/           collect          activations/   harvest         sae/           train
   sae/eval.json     eval (+ sae/saebench/*_eval_results.json, SAEBench's layout)
+  saes/layers.L.resid_post/   train --distribute-layers: the SAEs of the store's other layers
   features.db       index (+ label)  analysis/*.json analyze, map
   map.html map.png  map              sweeps/NAME/   sweep           report.html    report
 ```
@@ -74,6 +75,14 @@ class RunDir:
     @property
     def sae(self) -> Path:
         return self.root / "sae"
+
+    @property
+    def saes(self) -> Path:
+        return self.root / "saes"
+
+    def layer_sae(self, layer: int) -> Path:
+        """Where `train --distribute-layers` puts the SAE of a layer other than the run's own (RUN/sae)."""
+        return self.saes / f"layers.{layer}.resid_post"
 
     @property
     def sae_weights(self) -> Path:

@@ -97,6 +97,11 @@ class TrainConfig(BaseModel):
     device: str = Field(
         default="auto", description="Where the SAE trains: 'auto' (cuda when available, else cpu), 'cpu', 'cuda:1', ..."
     )
+    distribute_layers: bool = Field(
+        default=False,
+        description="Train an SAE for every layer the store holds, the layers shared out over the ranks (each rank "
+        "trains its own on its own: sparsify's distribute_modules); the run's layer goes to RUN/sae, the others to "
+        "RUN/saes/layers.L.resid_post.")
     nproc: int = Field(
         default=1, ge=1, le=1024,
         description="Training ranks on this node (torchrun, gloo on CPU / NCCL on CUDA); the SAE is the one-process "
@@ -143,6 +148,24 @@ def train(config: TrainConfig, activations_dir: Path, sae_dir: Path, show_progre
     device = rank_device(resolve_device(config.device))  # before anything is read or written
     with joined_from_environment(device) as ranks:
         return _train(config, Path(activations_dir), Path(sae_dir), device, ranks, show_progress, started)
+
+
+def train_layers(config: TrainConfig, activations_dir: Path, sae_dirs: dict[int, Path],
+                 show_progress: bool = True) -> list[TrainResult]:
+    """Train one SAE per layer in `sae_dirs` (layer → directory). Launched as several ranks, rank r trains
+    layers[r::world], each alone (no gradients exchanged); one process trains them one after another. The
+    run's own layer (`config.layer`, default the first) keeps `config` as given, so its record is the one
+    a plain `train` makes; the others record their layer."""
+    device = rank_device(resolve_device(config.device))
+    default = config.layer if config.layer is not None else next(iter(sae_dirs))
+    with joined_from_environment(device) as ranks:
+        mine = list(sae_dirs)[ranks.rank::ranks.world]
+        results = [_train(config if layer == default else config.model_copy(update={"layer": layer}),
+                          Path(activations_dir), Path(sae_dirs[layer]), device, Ranks(),
+                          show_progress and ranks.writer, time.perf_counter())
+                   for layer in mine]
+        ranks.barrier()  # every layer's SAE is on disk before any rank returns
+    return [replace(result, rank=ranks.rank, ranks=ranks.world) for result in results]
 
 
 @dataclass(frozen=True)
