@@ -5,9 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from tests.activations.synthetic import write_synthetic_store
 from thinklens.activations.reader import ActivationReader, ReaderConfig, in_holdout
@@ -44,6 +46,25 @@ def test_same_seed_same_batches_other_seed_or_epoch_differs(store_dir):
     assert first[:half] != first[half:] and sorted(first[:half]) == sorted(first[half:])
     other = _rows(ActivationReader(store_dir, ReaderConfig(layer=0, batch_size=50, buffer_tokens=200, chunk_tokens=20, seed=1)))
     assert other != first[:half]
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_each_rank_reads_its_share_and_the_shares_are_the_one_process_batches(store_dir, drop_last):
+    config = ReaderConfig(layer=0, batch_size=48, buffer_tokens=150, chunk_tokens=20, epochs=2, seed=3,
+                          split="train", drop_last=drop_last)
+    whole = list(ActivationReader(store_dir, config))
+    shares = [list(ActivationReader(store_dir, replace(config, rank=rank, world=3))) for rank in range(3)]
+    assert [len(share) for share in shares] == [len(whole)] * 3
+    for number, batch in enumerate(whole):
+        parts = [share[number] for share in shares]
+        if len(batch) == config.batch_size:
+            assert [len(part) for part in parts] == [16, 16, 16]
+        assert torch.equal(torch.cat(parts), batch)  # every value, in the same order
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused(store_dir):
+    with pytest.raises(ThinklensError, match="a batch of 50 rows does not split over 3 ranks"):
+        ActivationReader(store_dir, ReaderConfig(layer=0, batch_size=50, rank=0, world=3))
 
 
 def test_filters_drop_special_massive_and_unwanted_segments(store_dir):

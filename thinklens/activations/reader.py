@@ -8,6 +8,11 @@ the same seed gives the same batches, epoch after epoch (each epoch reshuffles w
 
 Filters: segments to keep, special/chat-template tokens and massive-activation tokens dropped by
 default, and a hold-out split by sequence (a sequence is wholly in `train` or in `holdout`).
+
+Data-parallel ranks (`rank` of `world`) each get only their contiguous share of every batch: the
+shuffle depends on row counts only, never on values, so a rank runs it on row ids (16 B a row, not
+d_model floats) and reads just its share's rows. The shares of all ranks, concatenated, are the batch
+one process reads, bit for bit.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class ReaderConfig:
     split: Literal["all", "train", "holdout"] = "all"
     holdout_fraction: float = 0.05
     drop_last: bool = False
+    rank: int = 0  # this rank's share of each batch, of `world` equal shares (batch_size divisible by world)
+    world: int = 1
 
 
 def in_holdout(sequence_ids: np.ndarray, fraction: float) -> np.ndarray:
@@ -64,7 +71,10 @@ class ActivationReader:
             raise ThinklensError(f"unknown segment(s) {sorted(unknown)}: use {', '.join(SEGMENT_NAMES)}")
         if config.layer not in self.store.layers:
             raise ThinklensError(f"layer {config.layer} was not harvested: the store holds layers {self.store.layers}")
-        self._selected = {shard.shard: self._select(shard) for shard in self.store.shards()}
+        self._shards = {shard.shard: shard for shard in self.store.shards()}
+        self._selected = {number: self._select(shard) for number, shard in self._shards.items()}
+        if config.world > 1 and config.batch_size % config.world:
+            raise ThinklensError(f"a batch of {config.batch_size} rows does not split over {config.world} ranks")
 
     def _select(self, shard: ShardInfo) -> np.ndarray:
         """Row offsets within the shard that pass the filters."""
@@ -91,7 +101,11 @@ class ActivationReader:
             yield from self.epoch(epoch)
 
     def epoch(self, epoch: int) -> Iterator[torch.Tensor]:
-        """One pass over the filtered rows, shuffled with the seed of (config.seed, epoch)."""
+        """One pass over the filtered rows, shuffled with the seed of (config.seed, epoch); over several
+        ranks, this rank's share of each batch."""
+        if self.config.world > 1:
+            yield from self._epoch_share(epoch)
+            return
         config = self.config
         rng = np.random.default_rng([config.seed, epoch])
         d_model = self.store.d_model
@@ -112,6 +126,41 @@ class ActivationReader:
         for batch in buffer[order].split(config.batch_size):
             if len(batch) == config.batch_size or not config.drop_last:
                 yield batch
+
+    def _epoch_share(self, epoch: int) -> Iterator[torch.Tensor]:
+        """`epoch`'s batches as one process shuffles them, run on row ids; this rank's share of each read."""
+        config = self.config
+        rng = np.random.default_rng([config.seed, epoch])
+        ids = np.empty(config.buffer_tokens + config.chunk_tokens, dtype=np.int64)  # shard << 40 | row
+        share = slice(config.rank * config.batch_size // config.world,
+                      (config.rank + 1) * config.batch_size // config.world)
+        filled = 0
+        for shard, rows in self._chunks(rng):
+            ids[filled:filled + len(rows)] = (shard.shard << 40) | rows
+            filled += len(rows)
+            if filled >= config.buffer_tokens:
+                order = rng.permutation(filled)
+                leaving = filled // 2 // config.batch_size * config.batch_size or filled
+                for start in range(0, leaving, config.batch_size):
+                    yield self._fetch(ids[order[start:start + config.batch_size]][share])
+                staying = order[leaving:]
+                ids[:len(staying)] = ids[staying]
+                filled = len(staying)
+        order = rng.permutation(filled)
+        for start in range(0, filled, config.batch_size):
+            batch = ids[order[start:start + config.batch_size]]
+            if len(batch) == config.batch_size or not config.drop_last:
+                yield self._fetch(batch[share])
+
+    def _fetch(self, ids: np.ndarray) -> torch.Tensor:
+        """The rows of `ids` (shard << 40 | row), in that order, read shard by shard in ascending rows."""
+        out = torch.empty((len(ids), self.store.d_model), dtype=torch.float32)
+        for number in np.unique(ids >> 40):
+            where = np.flatnonzero((ids >> 40) == number)
+            rows, inverse = np.unique(ids[where] & ((1 << 40) - 1), return_inverse=True)
+            out[torch.from_numpy(where)] = self.store.read_rows(self.config.layer, self._shards[int(number)],
+                                                                rows).float()[torch.from_numpy(inverse)]
+        return out
 
     def _chunks(self, rng: np.random.Generator) -> Iterator[tuple[ShardInfo, np.ndarray]]:
         """(shard, row offsets) chunks of all shards in one seeded random order (contiguous rows in a chunk)."""

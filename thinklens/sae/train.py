@@ -214,7 +214,7 @@ def _train(config: TrainConfig, activations_dir: Path, sae_dir: Path, device: to
         )
         for tensor in trainer.sae.state_dict().values():
             ranks.broadcast_(tensor)  # every rank computed the same start; rank 0's is the one
-    batches = _batches(activations_dir, config, layer, total_steps, skip=trainer.step)
+    batches = _batches(activations_dir, config, layer, total_steps, skip=trainer.step, ranks=ranks)
     logger = _Logger(sae_dir, config, resume_step=trainer.step, active=ranks.writer)
     try:
         stats = _train_steps(trainer, batches, logger, checkpoint, total_steps, show_progress and ranks.writer)
@@ -261,7 +261,7 @@ def _train_steps(trainer: _Trainer, batches: Any, logger: _Logger, checkpoint: P
     with progress_bar("train", total=total_steps, enabled=show_progress) as bar, _fast_matmuls(trainer.tf32):
         bar.advance(trainer.step)
         for batch in batches:
-            stats = trainer.train_step(batch[trainer.ranks.share(len(batch))].to(trainer.device, non_blocking=True))
+            stats = trainer.train_step(batch.to(trainer.device, non_blocking=True))
             if not math.isfinite(stats.loss):
                 kept = f"the checkpoint in {checkpoint} is kept" if checkpoint.is_file() else "nothing was saved"
                 raise ThinklensError(f"training diverged at step {trainer.step} (loss {stats.loss}): lower --lr (it "
@@ -514,9 +514,13 @@ def _reader_config(config: TrainConfig, layer: int, epochs: int, split: str = "t
     )
 
 
-def _batches(activations_dir: Path, config: TrainConfig, layer: int, total_steps: int, skip: int) -> Iterator[torch.Tensor]:
-    """Exactly `total_steps` full batches, cycling epochs; the first `skip` are consumed unseen (resume)."""
-    reader = ActivationReader(activations_dir, _reader_config(config, layer, epochs=10**9))
+def _batches(activations_dir: Path, config: TrainConfig, layer: int, total_steps: int, skip: int,
+             ranks: Ranks | None = None) -> Iterator[torch.Tensor]:
+    """Exactly `total_steps` full batches, cycling epochs; the first `skip` are consumed unseen (resume).
+    Over several ranks, this rank's share of each (the reader reads only that share's rows)."""
+    ranks = ranks or Ranks()
+    reader = ActivationReader(activations_dir, replace(_reader_config(config, layer, epochs=10**9),
+                                                       rank=ranks.rank, world=ranks.world))
     for step, batch in enumerate(reader):
         if step >= total_steps:
             return
