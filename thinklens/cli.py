@@ -62,6 +62,7 @@ def main_options(
 
 # The stage modules import only light dependencies at module level and pull in torch/transformers
 # when they run, so `thinklens --help` stays fast.
+from thinklens.cli_release import register_release  # noqa: E402
 from thinklens.cli_stages import stage_command  # noqa: E402
 from thinklens.distill.recipe import DistillConfig  # noqa: E402
 from thinklens.features.autointerp.run import ExplainConfig  # noqa: E402
@@ -341,9 +342,8 @@ def serve_command(
                                                      "Ctrl-C stops)", highlight=False))
 
 
-def main() -> None:
-    """Console entry point."""
-    app()
+register_release(app)
+main = app  # the console entry point
 
 
 if __name__ == "__main__":

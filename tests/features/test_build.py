@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.release.notebook import top_activations_join
 from thinklens.activations.store import ActivationStore
 from thinklens.features.db import FeatureDB, neighbors
 from thinklens.features.schema import MIGRATIONS, migrate
@@ -79,48 +80,7 @@ def test_release_notebook_join_runs_unchanged_in_duckdb_and_matches_show(indexed
     connection.execute(f"ATTACH '{db_path}' AS ds (TYPE sqlite, READ_ONLY)")
     feature_id = FeatureDB(db_path).search("")[0][0]  # the most frequent feature
     top_k_seq, sequence_window = 10, 10
-    # The join of the public R1 release's db_example notebook, verbatim in structure and names.
-    query = f"""
-    with subsequences as (
-        with top_acts as (
-            SELECT
-                autointerp.feature_id,
-                autointerp.label,
-                acts.sequence_id,
-                acts.token_idx,
-                acts.strength
-            FROM
-                autointerp
-            JOIN
-                ds.activations acts ON autointerp.feature_id = acts.feature_id
-            WHERE
-                autointerp.feature_id = {feature_id}
-            ORDER BY
-                acts.strength DESC
-            LIMIT {top_k_seq}
-        )
-
-        SELECT
-            top_acts.feature_id,
-            top_acts.label,
-            top_acts.sequence_id,
-            top_acts.token_idx as top_act_token_idx,
-            top_acts.strength,
-            tokens.token_idx as token_idx,
-            tokens.decoded_token
-        FROM
-            ds.tokens as tokens
-        join
-            top_acts on tokens.sequence_id = top_acts.sequence_id
-        where
-            abs(tokens.token_idx - top_acts.token_idx) <= {sequence_window // 2}
-    )
-
-    SELECT
-        *
-    FROM
-        subsequences
-    """
+    query = top_activations_join(feature_id, top_k_seq, sequence_window)
     rows = connection.execute(query).fetchall()
     view = FeatureDB(db_path).show(feature_id, top=top_k_seq, window=sequence_window)
     theirs = sorted((r[2], r[3], round(r[4], 5), r[5], r[6]) for r in rows)

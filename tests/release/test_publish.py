@@ -1,0 +1,102 @@
+"""`thinklens publish`: the layout a hub repository takes, SAE folders that load back bit for bit, a
+DuckDB release that answers the R1 notebook's queries, and refusals that leave nothing half-written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.release.notebook import FIRST_ROWS, top_activations_join
+from thinklens.features.db import FeatureDB
+from thinklens.release.goodfire import duckdb_with_sqlite
+from thinklens.sae.formats import load_sae
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def published(indexed_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("published") / "tiny-release"
+    done = subprocess.run([sys.executable, "-m", "thinklens", "publish", str(indexed_run), str(out), "--name", "tiny"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def test_the_release_has_the_hub_layout_and_a_manifest_of_every_file(published):
+    files = sorted(p.relative_to(published).as_posix() for p in published.rglob("*") if p.is_file())
+    assert files == ["README.md", "features/autointerp.db", "features/features.db", "features/tiny.ddb",
+                     "layers.1.resid_post/cfg.json", "layers.1.resid_post/sae_weights.safetensors", "manifest.json",
+                     "pretrained_saes.yaml", "traces/README.md", "traces/data/train-00000-of-00001.parquet"]
+    manifest = json.loads((published / "manifest.json").read_text())
+    assert set(manifest["files"]) == set(files) - {"manifest.json"}
+    for name, entry in manifest["files"].items():
+        data = (published / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    card = (published / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: saelens\n") and "| `layers.1.resid_post/` | topk |" in card
+    assert "## Evaluation" in card and "## Findings" in card
+    assert not list(published.parent.glob(".*partial"))
+
+
+def test_the_sae_folder_loads_back_bit_for_bit(published, indexed_run):
+    assert (published / "layers.1.resid_post" / "cfg.json").read_bytes() == (indexed_run / "sae" / "cfg.json").read_bytes()
+    ours, theirs = load_sae(indexed_run / "sae"), load_sae(published / "layers.1.resid_post")
+    for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_the_duckdb_release_answers_the_notebook_queries_as_our_database_does(published, indexed_run):
+    connection = duckdb_with_sqlite(published / "features" / "autointerp.db")
+    connection.execute("SET sqlite_all_varchar=true")
+    connection.execute(f"ATTACH DATABASE '{published / 'features' / 'tiny.ddb'}' as ds")
+    first = [connection.execute(query).fetchall() for query in FIRST_ROWS]
+    assert all(first)
+    assert [name for name, *_ in connection.execute("DESCRIBE ds.activations").fetchall()] == [
+        "feature_id", "sequence_id", "token_idx", "strength"]
+    db = FeatureDB(indexed_run / "features.db")
+    feature_id = db.search("")[0][0]
+    rows = connection.execute(top_activations_join(feature_id, 10, 10)).fetchall()
+    view = db.show(feature_id, top=10, window=10)
+    theirs = sorted((int(r[2]), int(r[3]), round(float(r[4]), 5), int(r[5]), r[6]) for r in rows)
+    ours = sorted((e.sequence_id, e.token_idx, round(e.strength, 5), idx, text)
+                  for e in view.examples for idx, text in e.tokens)
+    assert theirs == ours and {r[1] for r in rows} == {view.label}
+    (count,) = connection.execute("SELECT count(*) FROM ds.activations").fetchone()
+    assert count == sqlite3.connect(indexed_run / "features.db").execute("SELECT count(*) FROM activations").fetchone()[0]
+
+
+def test_serve_ddb_browses_the_published_release(published):
+    from thinklens.server.ddb import ReleaseRun
+
+    release = ReleaseRun(published / "features" / "tiny.ddb", published / "features" / "autointerp.db")
+    assert release.n_features > 0 and release.summary()["tokens"] > 0
+
+
+def test_an_existing_out_or_a_run_without_a_database_is_refused(indexed_run, published, tmp_path):
+    again = subprocess.run([sys.executable, "-m", "thinklens", "publish", str(indexed_run), str(published)],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "already exists: pass a new OUT directory" in again.stderr
+    bare = tmp_path / "bare"
+    shutil.copytree(indexed_run / "sae", bare / "sae")
+    refused = subprocess.run([sys.executable, "-m", "thinklens", "publish", str(bare), str(tmp_path / "out")],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "run `thinklens index" in refused.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_push_without_the_hub_is_one_line_and_the_release_stays_complete(indexed_run, tmp_path):
+    out = tmp_path / "out"
+    pushed = subprocess.run([sys.executable, "-m", "thinklens", "publish", str(indexed_run), str(out), "--push",
+                             "someone/tiny", "--no-traces"], capture_output=True, text=True)
+    assert pushed.returncode == 2
+    assert pushed.stderr.count("\n") == 1 and "could not push" in pushed.stderr and "nothing was reported" in pushed.stderr
+    assert (out / "manifest.json").is_file() and not (out / "traces").exists()
