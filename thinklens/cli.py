@@ -127,7 +127,7 @@ def features_show(
 
     view = FeatureDB(context.obj.features_db).show(feature, **given(top=top, window=window))
     console.print(f"[bold]feature {view.feature_id}[/bold]  {view.label or '(no label)'}", highlight=False)
-    rates = "  ".join(f"{name} {rate:.2%}" for name, rate in view.segment_rates.items())
+    rates = "  ".join(f"{name} {rate:.2%}" for name, rate in view.segment_rates.items()) or "not recorded"
     console.print(f"fires on {view.density:.3%} of tokens ({view.firing_count:,}); max {view.max_activation:.3g}, "
                   f"mean {view.mean_activation:.3g}; by segment: {rates}", highlight=False)
     console.print("top logits:    " + "  ".join(repr(token) for token, _ in view.top_logits), highlight=False)

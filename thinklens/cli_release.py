@@ -9,15 +9,23 @@ import typer
 
 from thinklens.cli_errors import user_errors
 from thinklens.cli_output import print_facts
-from thinklens.release.config import PublishConfig
+from thinklens.release.config import ImportR1Config, PublishConfig
 
 
 def describe(field: str) -> str:
     return PublishConfig.model_fields[field].description or ""
 
 
+IMPORT_HELP = {name: info.description or "" for name, info in ImportR1Config.model_fields.items()}
+
+
 def register_release(app: typer.Typer) -> None:
-    """Add `publish` to the app."""
+    """Add `publish` and `import r1` to the app."""
+    _register_publish(app)
+    _register_import(app)
+
+
+def _register_publish(app: typer.Typer) -> None:
 
     @app.command("publish")
     @user_errors
@@ -39,3 +47,33 @@ def register_release(app: typer.Typer) -> None:
         if result.pushed:
             facts["pushed"] = result.pushed
         print_facts(f"publish → {result.out}", facts)
+
+
+def _register_import(app: typer.Typer) -> None:
+    import_app = typer.Typer(help="Make a run directory from others' releases: `thinklens import r1 …`.",
+                             no_args_is_help=True)
+    app.add_typer(import_app, name="import")
+
+    @import_app.command("r1")
+    @user_errors
+    def import_r1_command(
+        sae: Annotated[Path, typer.Option(help=IMPORT_HELP["sae"])],
+        out: Annotated[Path, typer.Option("--out", "-o", help="New run directory to make.")],
+        k: Annotated[int | None, typer.Option(help=IMPORT_HELP["k"])] = None,
+        db: Annotated[Path | None, typer.Option(help=IMPORT_HELP["db"])] = None,
+        autointerp: Annotated[Path | None, typer.Option(help=IMPORT_HELP["autointerp"])] = None,
+        layer: Annotated[int | None, typer.Option(help=IMPORT_HELP["layer"])] = None,
+    ) -> None:
+        """A run from Goodfire's DeepSeek-R1 release: the SAE in our layout, the feature database summarised
+        (the .ddb attached, not copied); `features`, `serve` and the map then work on it."""
+        from thinklens.pipeline import RunDir
+        from thinklens.pipeline.lock import run_lock
+        from thinklens.release.importer import import_r1
+
+        config = ImportR1Config(sae=sae, db=db, autointerp=autointerp, **{
+            key: value for key, value in {"k": k, "layer": layer}.items() if value is not None})
+        with run_lock(out, "import r1"):
+            result = import_r1(config, RunDir(out))
+        print_facts(f"import r1 → {result.run}", {
+            "SAE": f"{result.d_in:,} → {result.d_sae:,}, k {config.k}",
+            "features with examples": "—" if result.features is None else f"{result.features:,}"})

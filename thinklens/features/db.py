@@ -65,7 +65,7 @@ class FeatureView:
     density: float
     max_activation: float
     mean_activation: float
-    segment_rates: dict[str, float]
+    segment_rates: dict[str, float]  # only the segments the database knows (an imported release has none)
     top_logits: list[tuple[str, float]]
     bottom_logits: list[tuple[str, float]]
     examples: list[Example] = field(default_factory=list)
@@ -154,7 +154,7 @@ class FeatureDB:
             density=density,
             max_activation=max_activation,
             mean_activation=mean_activation,
-            segment_rates=dict(zip(SEGMENT_NAMES, rates, strict=True)),
+            segment_rates={name: rate for name, rate in zip(SEGMENT_NAMES, rates, strict=True) if rate is not None},
             top_logits=[tuple(pair) for pair in json.loads(top_logits or "[]")],
             bottom_logits=[tuple(pair) for pair in json.loads(bottom_logits or "[]")],
             examples=self.examples(feature_id, top, window),

@@ -18,7 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from thinklens.errors import ThinklensError
+from thinklens.features.db import open_read_only
+from thinklens.features.schema import migrate
 
+RELEASE_COLUMNS = {
+    "tokens": ("sequence_id", "token_idx", "token", "decoded_token"),
+    "activations": ("feature_id", "sequence_id", "token_idx", "strength"),
+}
+AUTOINTERP_COLUMNS = ("feature_id", "label", "seqs", "indices", "quality", "interestingness", "model_name",
+                      "prompt_version")
+TOP = 20  # each feature's strongest stored activations a page shows
+QUANTILES = 12  # and this many more, spread evenly over the ranks below them
 TOKENS_DDL = "CREATE TABLE tokens (sequence_id BIGINT, token_idx INTEGER, token INTEGER, decoded_token VARCHAR)"
 ACTIVATIONS_DDL = ("CREATE TABLE activations (feature_id INTEGER, sequence_id BIGINT, token_idx INTEGER, "
                    "strength FLOAT)")
@@ -49,6 +59,16 @@ def duckdb_with_sqlite(path: Path | str = ":memory:") -> Any:
     return connection
 
 
+def open_release(ddb: Path) -> Any:
+    """The release's DuckDB file, read-only (one line naming the fix if it is not one)."""
+    import duckdb
+
+    try:
+        return duckdb.connect(str(ddb), read_only=True)
+    except duckdb.Error as exc:
+        raise ThinklensError(f"{ddb} is not a readable DuckDB database ({str(exc).splitlines()[0]})") from None
+
+
 def write_release_ddb(features_db: Path, target: Path) -> None:
     """`tokens` and `activations` of `features_db` as a DuckDB file at `target` (which must not exist)."""
     with closing(duckdb_with_sqlite(target)) as duck:
@@ -74,3 +94,136 @@ def write_autointerp(features_db: Path, target: Path) -> int:
         out.executemany("INSERT INTO autointerp VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
         out.commit()
         return int(out.execute("SELECT count(*) FROM autointerp").fetchone()[0])
+
+
+def check_release_layout(duck, ddb: Path) -> None:
+    """Refuse, naming the layout, a DuckDB file without the release's tables and columns."""
+    for table, columns in RELEASE_COLUMNS.items():
+        try:
+            found = [row[0] for row in duck.execute(f"DESCRIBE {table}").fetchall()]
+        except Exception:  # noqa: BLE001 - duckdb's CatalogException: the table is missing
+            raise ThinklensError(f"{ddb} has no table {table!r}: pass a database in the R1 release layout (tables "
+                                 f"tokens and activations)") from None
+        missing = [column for column in columns if column not in found]
+        if missing:
+            raise ThinklensError(f"{ddb}'s {table} lacks {missing}: the R1 release layout has {list(columns)}")
+
+
+def summarise_release(duck, autointerp: Path | None, mirror: sqlite3.Connection, window: int = 0,
+                      skip: frozenset[str] = frozenset(), on_step=None) -> None:
+    """A release database in our layout, written into `mirror`, step by step (`RELEASE_STEPS`): per-feature
+    statistics, histograms, each feature's examples (its TOP strongest and QUANTILES more spread over the
+    ranks below), the tokens of each top example (with `window` tokens either side: what a page shows
+    without the .ddb), and the labels. DuckDB computes each part out of core and the rows are streamed
+    into `mirror`, so the release's size does not bound memory. Steps in `skip` are already there; a
+    step not done is cleared first (a killed one leaves part of its rows); `on_step(name)` is called as
+    each is committed."""
+    migrate(mirror)
+    cursor = duck.cursor()
+    for name, (tables, step) in RELEASE_STEPS.items():
+        if name in skip:
+            continue
+        for table in tables:
+            mirror.execute(f"DELETE FROM {table}")
+        if name == "labels":
+            if autointerp is not None:
+                copy_labels(mirror, Path(autointerp))
+        else:
+            step(cursor, mirror, window)
+        mirror.commit()
+        if on_step is not None:
+            on_step(name)
+
+
+def _stream(cursor, query: str, mirror: sqlite3.Connection, insert: str, parameters: list | None = None,
+            rows_of=None) -> None:
+    """The rows of a DuckDB query into `mirror` in blocks (never all in memory)."""
+    cursor.execute(query, parameters or [])
+    while block := cursor.fetchmany(100_000):
+        mirror.executemany(insert, rows_of(block) if rows_of else block)
+
+
+def _statistics(cursor, mirror: sqlite3.Connection, window: int) -> None:
+    (tokens,) = cursor.execute("SELECT count(*) FROM tokens").fetchone()
+    _stream(cursor, "SELECT feature_id, count(*), count(*) / ?::DOUBLE, max(strength), avg(strength) FROM "
+                    "activations GROUP BY feature_id ORDER BY feature_id", mirror,
+            "INSERT INTO features VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, '[]', '[]')", [max(tokens, 1)])
+
+
+def _histograms(cursor, mirror: sqlite3.Connection, window: int) -> None:
+    # The bins `index` uses (features.build.HISTOGRAM_EDGES: 0, then 10^-4 … 10^4 in eighths of a decade).
+    histogram = cursor.execute(
+        """SELECT feature_id, least(65, 1 + greatest(0, ceil(8 * (log10(greatest(strength, 1e-30)) + 4))))::INT AS bin,
+                  count(*) FROM activations WHERE strength > 0 GROUP BY ALL ORDER BY feature_id, bin""").fetchall()
+    _insert_histograms(mirror, histogram)  # ≤ 66 bins a feature: small
+
+
+def _examples(cursor, mirror: sqlite3.Connection, window: int) -> None:
+    _stream(cursor, f"""WITH ranked AS (
+              SELECT feature_id, sequence_id, token_idx, strength,
+                     row_number() OVER (PARTITION BY feature_id ORDER BY strength DESC, sequence_id, token_idx) AS rank,
+                     count(*) OVER (PARTITION BY feature_id) AS n
+              FROM activations)
+            SELECT feature_id, sequence_id, token_idx, strength FROM ranked
+            WHERE rank <= {TOP} OR (n > {TOP} AND (rank - {TOP}) % greatest(1, (n - {TOP}) // {QUANTILES}) = 0
+                                   AND rank > {TOP})""", mirror, "INSERT INTO activations VALUES (?, ?, ?, ?)")
+
+
+def _tokens(cursor, mirror: sqlite3.Connection, window: int) -> None:
+    query = f"""WITH top AS (SELECT DISTINCT sequence_id, token_idx FROM (
+                SELECT sequence_id, token_idx, row_number() OVER (PARTITION BY feature_id ORDER BY strength DESC)
+                AS r FROM activations) WHERE r <= {TOP})
+            SELECT DISTINCT t.sequence_id, t.token_idx, t.token, t.decoded_token FROM tokens t
+            JOIN top ON t.sequence_id = top.sequence_id AND t.token_idx BETWEEN top.token_idx - {int(window)}
+                                                                           AND top.token_idx + {int(window)}"""
+    _stream(cursor, f"SELECT DISTINCT token, decoded_token FROM ({query})", mirror,
+            "INSERT OR IGNORE INTO vocab VALUES (?, ?)")
+    _stream(cursor, f"SELECT sequence_id, token_idx, token FROM ({query})", mirror,
+            "INSERT OR IGNORE INTO token_ids VALUES (?, ?, ?, -1)")
+
+
+RELEASE_STEPS = {  # step → (tables it fills, what fills them)
+    "statistics": (("features",), _statistics),
+    "histograms": (("histograms",), _histograms),
+    "examples": (("activations",), _examples),
+    "tokens": (("vocab", "token_ids"), _tokens),
+    "labels": (("autointerp",), None),
+}
+
+
+def _insert_histograms(mirror: sqlite3.Connection, rows: list[tuple[int, int, int]]) -> None:
+    import json
+
+    import numpy as np
+
+    from thinklens.features.build import HISTOGRAM_EDGES
+
+    edges = np.append(HISTOGRAM_EDGES, np.inf)
+    by_feature: dict[int, dict[int, int]] = {}
+    for feature, bin_, count in rows:
+        by_feature.setdefault(feature, {})[bin_] = count
+    out = []
+    for feature, bins in by_feature.items():
+        lo, hi = min(bins), max(bins) + 1
+        out.append((feature, json.dumps([float(e) for e in edges[lo: hi + 1]]),
+                    json.dumps([bins.get(i, 0) for i in range(lo, hi)])))
+    mirror.executemany("INSERT INTO histograms VALUES (?, ?, ?)", out)
+
+
+def copy_labels(mirror: sqlite3.Connection, path: Path) -> None:
+    """The release's autointerp rows into `mirror`'s autointerp table (refused, naming the layout, if not one)."""
+    if not path.is_file():
+        raise ThinklensError(f"no autointerp file at {path}: pass the release's autointerp.db")
+    try:
+        source = open_read_only(path)
+        found = [row[1] for row in source.execute("PRAGMA table_info(autointerp)")]
+    except sqlite3.DatabaseError as exc:
+        raise ThinklensError(f"{path} is not a readable SQLite autointerp file ({exc})") from None
+    missing = [column for column in AUTOINTERP_COLUMNS if column not in found]
+    if missing:
+        source.close()
+        raise ThinklensError(f"{path} has no autointerp table with {missing}: the release layout has "
+                             f"{list(AUTOINTERP_COLUMNS)}")
+    rows = source.execute(f"SELECT {', '.join(AUTOINTERP_COLUMNS)} FROM autointerp").fetchall()
+    source.close()
+    mirror.executemany("INSERT OR REPLACE INTO autointerp VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)

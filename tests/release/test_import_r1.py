@@ -1,0 +1,128 @@
+"""`thinklens import r1`: Goodfire's release files, built tiny in their exact layouts (the .pt's W, b_enc,
+b_dec; the .ddb's tables and column types; the SQLite autointerp file), become a run that `features`,
+`serve` and the feature pages read; a killed import resumes at its step."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from math import prod
+from pathlib import Path
+
+import pytest
+import torch
+
+from thinklens.errors import ThinklensError
+from thinklens.pipeline import RunDir
+from thinklens.release import goodfire
+from thinklens.release.config import ImportR1Config
+from thinklens.release.goodfire import write_autointerp, write_release_ddb
+from thinklens.release.importer import import_r1
+from thinklens.sae.formats import load_sae
+
+pytestmark = pytest.mark.integration
+D_IN, D_SAE = 64, 128  # the tiny run's width and SAE, whose database the release files are made from
+
+
+def _release_encode(state: dict[str, torch.Tensor], x: torch.Tensor, k: int) -> torch.Tensor:
+    """The release's own rule, restated: ReLU(x W + b_enc), then the k·n largest entries of the batch."""
+    f = torch.relu(x @ state["W"] + state["b_enc"])
+    top = torch.topk(f.flatten(), k * prod(f.shape[:-1]))
+    return torch.zeros_like(f.flatten()).scatter(-1, top.indices, top.values).reshape(f.shape)
+
+
+@pytest.fixture(scope="module")
+def release(indexed_run, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("r1-release")
+    generator = torch.Generator().manual_seed(0)
+    state = {"W": torch.randn(D_IN, D_SAE, generator=generator) * 0.3,
+             "b_enc": torch.randn(D_SAE, generator=generator) * 0.1, "b_dec": torch.randn(D_IN, generator=generator)}
+    torch.save(state, root / "DeepSeek-R1-SAE-l37.pt")
+    write_release_ddb(indexed_run / "features.db", root / "logic-1.ddb")
+    write_autointerp(indexed_run / "features.db", root / "autointerp.db")
+    return {"sae": root / "DeepSeek-R1-SAE-l37.pt", "db": root / "logic-1.ddb", "autointerp": root / "autointerp.db",
+            "state": state}
+
+
+def _config(release: dict[str, Path], **extra) -> ImportR1Config:
+    return ImportR1Config(**{"sae": release["sae"], "db": release["db"], "autointerp": release["autointerp"], "k": 4, **extra})
+
+
+def test_the_imported_sae_encodes_as_the_release_code_does(release, tmp_path):
+    import_r1(_config(release, db=None), RunDir(tmp_path / "run"))
+    sae = load_sae(tmp_path / "run" / "sae")
+    assert (sae.config.arch, sae.config.d_in, sae.config.d_sae, sae.config.k, sae.config.layer) == (
+        "batchtopk_tied", D_IN, D_SAE, 4, 37)
+    x = torch.randn(32, D_IN, generator=torch.Generator().manual_seed(1))
+    ours = sae.encode(x, batch_dependent=True).dense()
+    assert torch.allclose(ours, _release_encode(release["state"], x, 4), atol=1e-5)
+    recon = sae.decode(sae.encode(x, batch_dependent=True))
+    assert torch.allclose(recon, _release_encode(release["state"], x, 4) @ release["state"]["W"].T
+                          + release["state"]["b_dec"], atol=1e-5)
+
+
+def test_features_and_serve_read_the_imported_run(release, tmp_path, indexed_run):
+    out = tmp_path / "run"
+    made = subprocess.run([sys.executable, "-m", "thinklens", "import", "r1", "--sae", str(release["sae"]), "--k", "4",
+                           "--db", str(release["db"]), "--autointerp", str(release["autointerp"]), "--out", str(out)],
+                          capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    db = sqlite3.connect(out / "features.db")
+    feature, label = db.execute("SELECT feature_id, label FROM autointerp ORDER BY feature_id LIMIT 1").fetchone()
+    shown = subprocess.run([sys.executable, "-m", "thinklens", "features", str(out), "show", str(feature)],
+                           capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert label in shown.stdout and "seq" in shown.stdout  # its label and its examples, with context
+    original = sqlite3.connect(indexed_run / "features.db")
+    assert db.execute("SELECT count(*) FROM features").fetchone() == original.execute(
+        "SELECT count(DISTINCT feature_id) FROM activations").fetchone()
+    from thinklens.server.catalog import ServedRun
+
+    served = ServedRun(out)
+    assert served.summary()["sae"]["d_sae"] == D_SAE
+    assert served.examples(feature)  # the feature page's examples
+    mapped = subprocess.run([sys.executable, "-m", "thinklens", "map", str(out)], capture_output=True, text=True)
+    assert mapped.returncode == 0, mapped.stderr
+    assert (out / "map.html").is_file() and (out / "map.png").is_file()
+
+
+def test_a_killed_import_resumes_at_its_step_and_ends_the_same(release, tmp_path, monkeypatch):
+    whole = tmp_path / "whole"
+    import_r1(_config(release), RunDir(whole))
+    real = goodfire.RELEASE_STEPS["examples"]
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(goodfire.RELEASE_STEPS, "examples", (real[0], killed))
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        import_r1(_config(release), RunDir(run))
+    partial = run / "features.db.partial"
+    assert partial.is_file() and not (run / "features.db").exists()
+    assert {row[0] for row in sqlite3.connect(partial).execute("SELECT step FROM import_steps")} == {
+        "statistics", "histograms"}
+    monkeypatch.setitem(goodfire.RELEASE_STEPS, "examples", real)
+    result = import_r1(_config(release), RunDir(run))
+    assert result.resumed_steps == 2
+
+    def dump(path: Path) -> list[str]:
+        return [line for line in sqlite3.connect(path).iterdump() if "schema_migrations" not in line
+                and "source_" not in line]
+    assert dump(run / "features.db") == dump(whole / "features.db")
+
+
+def test_files_not_in_the_release_layout_are_one_line_naming_it(release, tmp_path):
+    bad = tmp_path / "bad.pt"
+    torch.save({"W_enc": torch.zeros(2, 2)}, bad)
+    with pytest.raises(ThinklensError, match="lacks \\['W', 'b_enc', 'b_dec'\\]"):
+        import_r1(ImportR1Config(sae=bad), RunDir(tmp_path / "run"))
+    with pytest.raises(ThinklensError, match="k = 200 of 128 features"):
+        import_r1(ImportR1Config(sae=release["sae"], k=200), RunDir(tmp_path / "run"))
+    small = tmp_path / "small.pt"
+    torch.save({"W": torch.zeros(D_IN, 8), "b_enc": torch.zeros(8), "b_dec": torch.zeros(D_IN)}, small)
+    with pytest.raises(ThinklensError, match="but the SAE has 8 features: pass the database of this SAE"):
+        import_r1(ImportR1Config(sae=small, k=2, db=release["db"]), RunDir(tmp_path / "run2"))
+    with pytest.raises(ThinklensError, match="no DuckDB file"):
+        import_r1(ImportR1Config(sae=release["sae"], k=4, db=tmp_path / "none.ddb"), RunDir(tmp_path / "run"))
