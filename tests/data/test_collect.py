@@ -123,3 +123,32 @@ def test_sigkill_loses_at_most_the_batch_in_flight(tiny_models, tmp_path):
     whole = TraceStore(tmp_path / "whole" / "traces").read(["sequence_id", "token_ids"]).to_pylist()
     assert len(resumed) == 24 and resumed == whole
     assert not list((killed / "traces").glob(".tmp-*"))
+
+
+THINKING, ANSWER = "Okay, so we add 2 and 3. That makes 5.", "The answer is \\boxed{5}."
+LAYOUTS = {  # one trace, in each layout a trace set ships it
+    "openr1": {"problem": "What is 2 + 3?", "generations": [f"<think>\n{THINKING}\n</think>\n\n{ANSWER}"]},
+    "r1-collect": {"question": "What is 2 + 3?", "response": f"<think>\n{THINKING}\n</think>\n\n{ANSWER}"},
+    "api": {"question": "What is 2 + 3?", "reasoning_content": THINKING, "content": ANSWER},
+    "messages": {"messages": [{"role": "user", "content": "What is 2 + 3?"},
+                              {"role": "assistant", "content": f"<think>\n{THINKING}\n</think>\n\n{ANSWER}"}]},
+    "messages-reasoning": {"messages": [{"role": "user", "content": "What is 2 + 3?"},
+                                        {"role": "assistant", "content": ANSWER, "reasoning_content": THINKING}]},
+}
+
+
+@pytest.mark.parametrize("layout", sorted(set(LAYOUTS) - {"openr1"}))
+def test_each_trace_set_layout_imports_the_same_segmented_trace(tiny_models, tmp_path, layout):
+    def imported(name: str) -> dict:
+        source = tmp_path / f"{name}.jsonl"
+        source.write_text(json.dumps({**LAYOUTS[name], "answer": "5"}) + "\n")
+        config = CollectConfig(model=ModelConfig(model=str(tiny_models["qwen2"])), prompts=str(source),
+                               import_traces=True)
+        collect(config, tmp_path / name / "traces", show_progress=False)
+        return TraceStore(tmp_path / name / "traces").read().to_pylist()[0]
+
+    reference, trace = imported("openr1"), imported(layout)
+    same = ("token_ids", "generation_start", "prefix_start", "prefix_end", "thinking_end", "prefix_text",
+            "answer_text", "answer", "correct")
+    assert {key: trace[key] for key in same} == {key: reference[key] for key in same}
+    assert trace["prefix_text"] == "Okay, so we add 2 and 3." and trace["answer"] == "5"

@@ -1,8 +1,16 @@
 """Load prompts from a built-in set, a local file or directory, or a Hugging Face dataset.
 
 Every source becomes a list of `PromptRecord`. Rows are mapped by column name, so OpenR1-Math
-(`problem`, `answer`, `generations`, `messages`, `uuid`), R1-Collect (`question`) and plain
-`prompt` / `text` data all load without configuration.
+(`problem`, `answer`, `generations`, `messages`, `uuid`), R1-Collect (`question` and the R1 response),
+chat datasets (`messages`) and plain `prompt` / `text` data all load without configuration.
+
+A trace shipped with the row (for `collect --import-traces`) is, in this order: the first of
+`generations` (OpenR1-Math); a response column (`RESPONSE_COLUMNS`: R1-Collect's `question` + response
+layout), joined to a separate reasoning column when there is one (`REASONING_COLUMNS`, as the DeepSeek
+API returns `reasoning_content` beside `content`); the first assistant message of `messages`, whose
+content holds the `<think>` block or whose `reasoning_content` / `reasoning` field holds the thinking.
+A trace given as (thinking, answer) becomes `<think>\nthinking\n</think>\n\nanswer`, the text the
+model wrote, so it is segmented like a generated one.
 """
 
 from __future__ import annotations
@@ -25,8 +33,11 @@ DEFAULT_BUILTIN_SIZE = 1000
 FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 PROMPT_COLUMNS = ("problem", "question", "prompt", "text")  # in order of priority
 ID_COLUMNS = ("uuid", "id")
+RESPONSE_COLUMNS = ("r1_response", "response", "completion", "output", "generation", "content")  # by priority
+REASONING_COLUMNS = ("reasoning_content", "reasoning", "thinking")
 # Columns that become fields of the record rather than metadata.
-_MAPPED_COLUMNS = {*PROMPT_COLUMNS, *ID_COLUMNS, "answer", "generations", "messages"}
+_MAPPED_COLUMNS = {*PROMPT_COLUMNS, *ID_COLUMNS, *RESPONSE_COLUMNS, *REASONING_COLUMNS, "answer", "generations",
+                   "messages"}
 
 Row = dict[str, Any]
 
@@ -245,22 +256,44 @@ def _prompt(row: Row) -> str | None:
 
 
 def _completion(row: Row) -> str | None:
-    """A trace shipped with the row: the first of `generations`, else the first assistant message."""
+    """A trace shipped with the row (the module docstring's order), as the text the model wrote."""
     generations = row.get("generations")
     if isinstance(generations, list) and generations and isinstance(generations[0], str):
         return generations[0] or None
-    return _first_message(row, "assistant")
+    response = next((row[c] for c in RESPONSE_COLUMNS if isinstance(row.get(c), str) and row[c].strip()), None)
+    if response is not None:
+        return with_thinking(_text_in(row, REASONING_COLUMNS), response)
+    message = _message(row, "assistant")
+    if message is None:
+        return None
+    content = message.get("content") if isinstance(message.get("content"), str) else ""
+    trace = with_thinking(_text_in(message, REASONING_COLUMNS), content)
+    return trace if trace.strip() else None
 
 
-def _first_message(row: Row, role: str) -> str | None:
+def with_thinking(thinking: str | None, answer: str) -> str:
+    """The completion a reasoning model writes for `thinking` and `answer` (just `answer` without thinking,
+    or when the answer already holds its `<think>` block)."""
+    if not thinking or "</think>" in answer:
+        return answer
+    return f"<think>\n{thinking.strip()}\n</think>\n\n{answer.lstrip()}"
+
+
+def _text_in(row: Row, columns: tuple[str, ...]) -> str | None:
+    return next((row[c] for c in columns if isinstance(row.get(c), str) and row[c].strip()), None)
+
+
+def _message(row: Row, role: str) -> dict[str, Any] | None:
     messages = row.get("messages")
     if not isinstance(messages, list):
         return None
-    for message in messages:
-        if isinstance(message, dict) and message.get("role") == role:
-            content = message.get("content")
-            return content if isinstance(content, str) and content.strip() else None
-    return None
+    return next((m for m in messages if isinstance(m, dict) and m.get("role") == role), None)
+
+
+def _first_message(row: Row, role: str) -> str | None:
+    message = _message(row, role)
+    content = None if message is None else message.get("content")
+    return content if isinstance(content, str) and content.strip() else None
 
 
 def _is_scalar(value: Any) -> bool:
