@@ -82,6 +82,11 @@ def test_features_and_serve_read_the_imported_run(release, tmp_path, indexed_run
     served = ServedRun(out)
     assert served.summary()["sae"]["d_sae"] == D_SAE
     assert served.examples(feature)  # the feature page's examples
+    for command in (["features", str(out), "explain-text", "Okay, so"],
+                    ["steer", str(out), "--feature", str(feature), "--strength", "2", "--prompt", "Hi"]):
+        needs = subprocess.run([sys.executable, "-m", "thinklens", *command], capture_output=True, text=True)
+        assert needs.returncode == 2 and "imported from the Goodfire DeepSeek-R1 SAE release without its model" in \
+            needs.stderr and "runs deepseek-ai/DeepSeek-R1 itself" in needs.stderr, needs.stderr
     mapped = subprocess.run([sys.executable, "-m", "thinklens", "map", str(out)], capture_output=True, text=True)
     assert mapped.returncode == 0, mapped.stderr
     assert (out / "map.html").is_file() and (out / "map.png").is_file()

@@ -61,10 +61,12 @@ def explain_run_text(traces_dir: Path, sae_dir: Path, db_path: Path, text: str, 
     from thinklens.data.traces import TraceStore
     from thinklens.features.db import FeatureDB
     from thinklens.models.loader import ModelConfig, load_model
-    from thinklens.sae.formats import load_sae
+    from thinklens.sae.formats import load_sae, refuse_imported_without_model
 
     sae = load_sae(sae_dir)
     traces = TraceStore(traces_dir)
+    if not traces.meta():
+        refuse_imported_without_model(sae_dir, "explain-text")
     model = traces.model_config() if traces.meta() else ModelConfig(model=sae.config.model or "smollm2")
     indexed_layer = None
     if sae.config.layer is None and Path(db_path).is_file():

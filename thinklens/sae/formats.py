@@ -139,6 +139,20 @@ def sae_metadata(directory: Path) -> dict[str, Any]:
     return json.loads((Path(directory) / CFG_FILE).read_text()).get("thinklens", {})
 
 
+def refuse_imported_without_model(directory: Path, what: str) -> None:
+    """For an SAE imported from a release (`thinklens import`) into a run with no traces of its model:
+    refuse `what` (which runs the model) with the fix, instead of reaching for a model the run never had."""
+    if not (Path(directory) / CFG_FILE).is_file():
+        return
+    metadata = sae_metadata(directory)
+    imported = metadata.get("imported")
+    if imported:
+        model = metadata.get("model") or "its model"
+        raise ThinklensError(f"this run was imported from the {imported.get('from', 'release')} without its model: "
+                             f"{what} runs {model} itself; collect traces into the run on a machine that holds it "
+                             f"(`thinklens collect --model {model} --out RUN`), then run {what} again")
+
+
 class SaeCard(BaseModel):
     """What a saved SAE's cfg.json says, whichever layout wrote it: ours, or SAELens keys only."""
 

@@ -12,7 +12,7 @@ from thinklens.errors import ThinklensError
 from thinklens.features.db import FeatureDB
 from thinklens.models.formats import make_format
 from thinklens.models.loader import load_model
-from thinklens.sae.formats import load_sae
+from thinklens.sae.formats import load_sae, refuse_imported_without_model
 from thinklens.steering.variant import Variant, typical_max_activations
 
 
@@ -25,6 +25,7 @@ def open_variant(traces_dir: Path, sae_dir: Path, db_path: Path, features: list[
     store = TraceStore(traces_dir)
     meta = store.meta()
     if meta is None:
+        refuse_imported_without_model(sae_dir, "steering")
         raise ThinklensError(f"no traces in {traces_dir}: run `thinklens collect` first")
     identity = meta["identity"]
     sae = load_sae(sae_dir)
