@@ -49,14 +49,18 @@ def main() -> None:
     for _ in range(args.rounds):
         single.append(timed(one, traces))
         ray.append(timed(many, traces))
-    print(f"{tokens:,} tokens in {len(shards)} shards, {args.rounds} rounds (medians)")
-    print(f"one process:      {tokens / statistics.median(single):8.0f} tok/s")
-    print(f"{args.workers} Ray workers:   {tokens / statistics.median(ray):8.0f} tok/s")
-    print(f"ratio workers / one process: {statistics.median(single) / statistics.median(ray):.2f}x")
-    beyond = statistics.median(ray) - statistics.median(single) / args.workers
-    print(f"Ray overhead: {beyond:.1f} s beyond a perfect split of the one-process time, {beyond / len(shards):.2f} s "
-          "per shard (cluster start and one model load per worker included)")
+    report(tokens, len(shards), single, ray, args.workers, "one model load")
 
+
+def report(tokens: int, shards: int, single: list[float], ray: list[float], workers: int, load: str) -> None:
+    """Each arm's tokens/s (medians), the ratio, and the Ray arm's overhead beyond a perfect split."""
+    print(f"{tokens:,} tokens in {shards} shards, {len(single)} rounds (medians)")
+    print(f"one process:      {tokens / statistics.median(single):8.0f} tok/s")
+    print(f"{workers} Ray workers:   {tokens / statistics.median(ray):8.0f} tok/s")
+    print(f"ratio workers / one process: {statistics.median(single) / statistics.median(ray):.2f}x")
+    beyond = statistics.median(ray) - statistics.median(single) / workers
+    print(f"Ray overhead: {beyond:.1f} s beyond a perfect split of the one-process time, {beyond / shards:.2f} s "
+          f"per shard (cluster start and {load} per worker included)")
 
 if __name__ == "__main__":
     main()

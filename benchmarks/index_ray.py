@@ -10,11 +10,11 @@ tokens/s, the ratio (workers ÷ one process) and the Ray arm's overhead beyond a
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.harvest_ray import report
 from thinklens.activations.store import ActivationStore
 from thinklens.distributed.index import build_index
 from thinklens.features.build import IndexConfig
@@ -43,14 +43,7 @@ def main() -> None:
     for _ in range(args.rounds):
         single.append(timed(one, run))
         ray.append(timed(many, run))
-    print(f"{tokens:,} tokens in {shards} shards, {args.rounds} rounds (medians)")
-    print(f"one process:      {tokens / statistics.median(single):8.0f} tok/s")
-    print(f"{args.workers} Ray workers:   {tokens / statistics.median(ray):8.0f} tok/s")
-    print(f"ratio workers / one process: {statistics.median(single) / statistics.median(ray):.2f}x")
-    beyond = statistics.median(ray) - statistics.median(single) / args.workers
-    print(f"Ray overhead: {beyond:.1f} s beyond a perfect split of the one-process time, {beyond / shards:.2f} s "
-          "per shard (cluster start and one SAE load per worker included)")
-
+    report(tokens, shards, single, ray, args.workers, "one SAE load")
 
 if __name__ == "__main__":
     main()

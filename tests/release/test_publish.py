@@ -100,3 +100,41 @@ def test_push_without_the_hub_is_one_line_and_the_release_stays_complete(indexed
     assert pushed.returncode == 2
     assert pushed.stderr.count("\n") == 1 and "could not push" in pushed.stderr and "nothing was reported" in pushed.stderr
     assert (out / "manifest.json").is_file() and not (out / "traces").exists()
+
+
+def _old_layout_run(indexed_run: Path, tmp_path: Path) -> Path:
+    """A run whose BatchTopK SAE has the cfg.json an older thinklens wrote ('batchtopk', topk activation)."""
+    from thinklens.sae.formats import save_sae
+    from thinklens.sae.sae import Sae, SaeConfig
+
+    run = tmp_path / "old"
+    shutil.copytree(indexed_run, run, ignore=shutil.ignore_patterns("activations", "traces"))
+    sae = Sae(SaeConfig(arch="batchtopk_tied", d_in=64, d_sae=128, k=4, layer=1, model="tiny"))
+    sae.calibrate_threshold([torch.randn(256, 64)])
+    save_sae(sae.eval(), run / "sae")
+    cfg = json.loads((run / "sae" / "cfg.json").read_text())
+    cfg.update(architecture="batchtopk", activation_fn="topk", activation_fn_kwargs={"k": 4})
+    (run / "sae" / "cfg.json").write_text(json.dumps(cfg))
+    return run
+
+
+def test_an_sae_in_an_older_cfg_layout_is_published_in_the_one_saelens_opens(indexed_run, tmp_path):
+    run = _old_layout_run(indexed_run, tmp_path)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "thinklens", "publish", str(run), str(out), "--no-traces"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    cfg = json.loads((out / "layers.1.resid_post" / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu"
+    ours, theirs = load_sae(run / "sae"), load_sae(out / "layers.1.resid_post")
+    for (name, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_saelens_opens_the_published_sae_and_encodes_as_thinklens(published):
+    """Runs where SAELens is installed (its own environment: it pins transformer-lens); skipped otherwise."""
+    sae_lens = pytest.importorskip("sae_lens")
+    folder = published / "layers.1.resid_post"
+    theirs, ours = sae_lens.SAE.load_from_disk(str(folder), device="cpu"), load_sae(folder)
+    x = torch.randn(32, ours.config.d_in, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(theirs.encode(x), ours.encode(x).dense(), atol=1e-6)

@@ -93,10 +93,13 @@ def _sae_folders(run: Any) -> dict[str, Path]:
 
 
 def _write(staging: Path, run: Any, name: str, saes: dict[str, Path], config: PublishConfig) -> None:
-    from thinklens.sae.formats import CFG_FILE, WEIGHTS_FILE
+    from thinklens.sae.formats import CFG_FILE, WEIGHTS_FILE, in_current_saelens_layout, resave_sae
 
     for hook, directory in saes.items():
         (staging / hook).mkdir()
+        if not in_current_saelens_layout(directory):  # an older cfg.json SAELens 6 cannot open: written anew
+            resave_sae(directory, staging / hook)
+            continue
         for file in (CFG_FILE, WEIGHTS_FILE):
             shutil.copyfile(directory / file, staging / hook / file)
     features = staging / "features"

@@ -134,6 +134,23 @@ def _sae_from(cfg: dict[str, Any], tensors: dict[str, torch.Tensor], directory: 
     return sae.eval()
 
 
+def in_current_saelens_layout(directory: Path) -> bool:
+    """Whether the SAE's cfg.json says what `save_sae` writes today (SAELens 6 reads a BatchTopK SAE as
+    JumpReLU; cfg.json files written before that said 'batchtopk', which SAELens 6 opens as TopK and fails)."""
+    cfg = json.loads((Path(directory) / CFG_FILE).read_text())
+    arch = cfg.get("thinklens", {}).get("arch")
+    return arch in _SAELENS_ARCH and cfg.get("architecture") == _SAELENS_ARCH[arch]
+
+
+def resave_sae(source: Path, target: Path) -> Path:
+    """`source`'s SAE written again by today's `save_sae` into `target`, its thinklens record kept."""
+    from thinklens.sae.sae import SaeConfig
+
+    record = {key: value for key, value in sae_metadata(source).items()
+              if key not in SaeConfig.model_fields and key not in ("format_version", "hook_name")}
+    return save_sae(load_sae(source), target, metadata=record)
+
+
 def sae_metadata(directory: Path) -> dict[str, Any]:
     """The thinklens block of a saved SAE's cfg.json (empty for foreign SAEs)."""
     return json.loads((Path(directory) / CFG_FILE).read_text()).get("thinklens", {})
