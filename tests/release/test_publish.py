@@ -138,3 +138,25 @@ def test_saelens_opens_the_published_sae_and_encodes_as_thinklens(published):
     theirs, ours = sae_lens.SAE.load_from_disk(str(folder), device="cpu"), load_sae(folder)
     x = torch.randn(32, ours.config.d_in, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(theirs.encode(x), ours.encode(x).dense(), atol=1e-6)
+
+
+def test_the_card_carries_the_runs_findings_and_map(indexed_run, tmp_path):
+    """The findings' verdicts with their intervals and the map picture, read from the run's own records."""
+    from thinklens.analysis.findings import claim_finding
+    from thinklens.files import confine_writes, write_envelope
+
+    run = tmp_path / "run"
+    shutil.copytree(indexed_run, run, ignore=shutil.ignore_patterns("activations", "traces"))
+    finding = claim_finding(1, "Reasoning opens with \"Okay,\"", "> 95 % of traces begin with \"Okay,\".",
+                            "share of traces opening with Okay", 0.97, 0.93, 0.99, 0.95, "thinklens analyze RUN", {})
+    with confine_writes(run):
+        write_envelope(run / "findings.json", {}, {}, {"findings": [finding.__dict__]})
+    (run / "map.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # the card links the file; its pixels are not read
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "thinklens", "publish", str(run), str(out), "--no-traces"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    card = (out / "README.md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("| 1. Reasoning opens"))
+    assert "0.97 [0.93, 0.99]" in row and f"**{finding.verdict}**" in row
+    assert "![feature map](map.png)" in card and (out / "map.png").read_bytes() == (run / "map.png").read_bytes()
