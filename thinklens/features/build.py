@@ -11,7 +11,6 @@ file renamed over `features.db` when complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
 import time
@@ -35,7 +34,7 @@ from thinklens.features.labels import HEURISTIC_MODEL, HEURISTIC_VERSION, heuris
 from thinklens.features.schema import migrate
 from thinklens.features.topk import TopPerFeature
 from thinklens.files import atomic_path, result_settings, without_placement
-from thinklens.models.loader import load_model, resolve_device
+from thinklens.models.loader import file_sha256, load_model, resolve_device
 from thinklens.placement import RayPlacement
 from thinklens.progress import progress_bar
 from thinklens.sae.formats import WEIGHTS_FILE, check_same_model, check_width, load_sae
@@ -207,7 +206,9 @@ _ADDED_DEFAULTS = {"layer": None}  # fields added since the first databases: wha
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    # Chunked and remembered while the file is unchanged: one build asks for the SAE's hash three times
+    # (is the database up to date, the checkpoint's identity, the meta).
+    return file_sha256(path)
 
 
 @torch.no_grad()

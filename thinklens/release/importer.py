@@ -15,7 +15,6 @@ killed import resumes at the step it was in, and RUN/features.db appears only wh
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -85,9 +84,10 @@ def _to_sae(state: dict[str, torch.Tensor], config: ImportR1Config):
 
 
 def _save(sae, config: ImportR1Config, directory: Path) -> None:
+    from thinklens.models.loader import file_sha256
     from thinklens.sae.formats import save_sae
 
-    digest = hashlib.sha256(Path(config.sae).read_bytes()).hexdigest()
+    digest = file_sha256(Path(config.sae))  # chunked: the release's file is 822 MB
     save_sae(sae, directory, metadata={"imported": {"from": "Goodfire DeepSeek-R1 SAE release", "file":
                                                     Path(config.sae).name, "sha256": digest, "k": config.k},
                                        "final": {}, "steps": 0})

@@ -21,7 +21,6 @@ either absent or complete; an existing OUT is refused. `push` uploads OUT with
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -142,13 +141,10 @@ def _write_traces(run: Any, staging: Path) -> int:
 
 
 def _write_manifest(staging: Path, name: str) -> None:
-    files = {}
-    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-        files[path.relative_to(staging).as_posix()] = {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
+    from thinklens.models.loader import file_sha256
+
+    files = {path.relative_to(staging).as_posix(): {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+             for path in sorted(p for p in staging.rglob("*") if p.is_file())}
     (staging / MANIFEST).write_text(json.dumps({"format_version": 1, "name": name, "files": files}, indent=2) + "\n")
 
 
