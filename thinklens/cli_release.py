@@ -31,7 +31,8 @@ def _register_publish(app: typer.Typer) -> None:
     @user_errors
     def publish_command(
         run: Annotated[Path, typer.Argument(help="Run directory with a trained SAE and features.db.")],
-        out: Annotated[Path, typer.Argument(help="New directory to write the release into (never overwritten).")],
+        out: Annotated[Path, typer.Argument(help="New directory to write the release into (never overwritten; "
+                                                 "an existing complete one is pushed with --push).")],
         name: Annotated[str | None, typer.Option(help=describe("name"))] = None,
         push: Annotated[str | None, typer.Option(help=describe("push"))] = None,
         private: Annotated[bool, typer.Option(help=describe("private"))] = False,
@@ -42,10 +43,13 @@ def _register_publish(app: typer.Typer) -> None:
         from thinklens.pipeline import RunDir
         from thinklens.release.publish import publish
 
-        result = publish(PublishConfig(name=name, push=push, private=private, traces=traces), RunDir(run), out)
+        result = publish(PublishConfig(name=name, push=push, private=private, traces=traces), RunDir(run), out,
+                         show_progress=True)
         facts = {"SAEs": ", ".join(result.saes), "files / bytes": f"{result.files} / {result.bytes:,}"}
+        if result.resumed_steps:
+            facts["resumed"] = f"{result.resumed_steps} steps were already done"
         if result.pushed:
-            facts["pushed"] = result.pushed
+            facts["pushed"] = "\n".join(result.pushed)
         print_facts(f"publish → {result.out}", facts)
 
 

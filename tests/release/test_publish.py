@@ -95,11 +95,92 @@ def test_an_existing_out_or_a_run_without_a_database_is_refused(indexed_run, pub
 
 def test_push_without_the_hub_is_one_line_and_the_release_stays_complete(indexed_run, tmp_path):
     out = tmp_path / "out"
-    pushed = subprocess.run([sys.executable, "-m", "thinklens", "publish", str(indexed_run), str(out), "--push",
-                             "someone/tiny", "--no-traces"], capture_output=True, text=True)
+    command = [sys.executable, "-m", "thinklens", "publish", str(indexed_run), str(out), "--push", "someone/tiny"]
+    pushed = subprocess.run(command, capture_output=True, text=True)
     assert pushed.returncode == 2
     assert pushed.stderr.count("\n") == 1 and "could not push" in pushed.stderr and "nothing was reported" in pushed.stderr
-    assert (out / "manifest.json").is_file() and not (out / "traces").exists()
+    assert "dataset someone/tiny-traces" in pushed.stderr  # the traces go first, to a dataset repository of their own
+    assert (out / "manifest.json").is_file() and (out / "traces" / "data").is_dir()
+    assert "- someone/tiny-traces" in (out / "README.md").read_text().split("---")[1]  # the card's hub header links it
+    before = {path: path.stat().st_mtime_ns for path in out.rglob("*")}
+    again = subprocess.run(command, capture_output=True, text=True)  # a complete OUT with --push: pushed, not rebuilt
+    assert again.returncode == 2 and "could not push" in again.stderr
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("*")} == before
+
+
+def test_a_push_sends_the_traces_as_a_dataset_and_the_rest_as_the_model(published):
+    from thinklens.release.publish import PushTarget, push_targets
+
+    assert push_targets(published, "org/tiny") == [
+        PushTarget("org/tiny-traces", "dataset", published / "traces"),
+        PushTarget("org/tiny", "model", published, ("traces/*", "traces/**"))]
+    from huggingface_hub.utils import filter_repo_objects
+
+    files = [p.relative_to(published).as_posix() for p in published.rglob("*") if p.is_file()]
+    model = list(filter_repo_objects(files, ignore_patterns=["traces/*", "traces/**"]))
+    assert model and not [name for name in model if name.startswith("traces")]
+    assert "README.md" in model and "manifest.json" in model
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix != ".ddb"}
+
+
+def test_a_killed_publish_resumes_at_its_step_and_ends_the_same(indexed_run, published, tmp_path, monkeypatch):
+    from thinklens.pipeline import RunDir
+    from thinklens.release import publish as module
+    from thinklens.release.config import PublishConfig
+
+    def killed(release):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(module.PUBLISH_STEPS, "autointerp", killed)
+    out = tmp_path / "tiny-release"
+    with pytest.raises(KeyboardInterrupt):
+        module.publish(PublishConfig(name="tiny"), RunDir(indexed_run), out)
+    staging = tmp_path / ".tiny-release.partial"
+    assert not out.exists() and (staging / "features" / "tiny.ddb").is_file()
+    weights = staging / "layers.1.resid_post" / "sae_weights.safetensors"
+    written = weights.stat().st_mtime_ns
+    monkeypatch.undo()
+    result = module.publish(PublishConfig(name="tiny"), RunDir(indexed_run), out)
+    assert result.resumed_steps == 4 and not staging.exists()  # saes, features.db, the two .ddb tables
+    assert (out / "layers.1.resid_post" / "sae_weights.safetensors").stat().st_mtime_ns == written
+    ours, whole = _files(out), _files(published)
+    assert ours.keys() == whole.keys() and all(ours[name] == whole[name] for name in ours if name != "manifest.json")
+    manifest = json.loads(ours["manifest.json"])
+    expected = json.loads(whole["manifest.json"])
+    assert manifest["files"].keys() == expected["files"].keys()
+    assert {name: entry for name, entry in manifest["files"].items() if not name.endswith(".ddb")} == {
+        name: entry for name, entry in expected["files"].items() if not name.endswith(".ddb")}
+    for name, entry in manifest["files"].items():
+        assert entry["sha256"] == hashlib.sha256((out / name).read_bytes()).hexdigest()
+
+
+def test_a_killed_publish_starts_over_when_the_run_changed(indexed_run, tmp_path, monkeypatch):
+    from thinklens.pipeline import RunDir
+    from thinklens.release import publish as module
+    from thinklens.release.config import PublishConfig
+
+    run = tmp_path / "run"
+    shutil.copytree(indexed_run, run, ignore=shutil.ignore_patterns("activations"))
+
+    def killed(release):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(module.PUBLISH_STEPS, "traces", killed)
+    with pytest.raises(KeyboardInterrupt):
+        module.publish(PublishConfig(), RunDir(run), tmp_path / "out")
+    monkeypatch.undo()
+    with sqlite3.connect(run / "features.db") as db:  # the run moved on: a label written since
+        db.execute("UPDATE autointerp SET label = 'changed since' WHERE feature_id = "
+                   "(SELECT min(feature_id) FROM autointerp)")
+    result = module.publish(PublishConfig(), RunDir(run), tmp_path / "out")
+    assert result.resumed_steps == 0
+    labels = sqlite3.connect(tmp_path / "out" / "features" / "autointerp.db").execute(
+        "SELECT label FROM autointerp ORDER BY feature_id LIMIT 1").fetchone()
+    assert labels == ("changed since",)
 
 
 def _old_layout_run(indexed_run: Path, tmp_path: Path) -> Path:

@@ -39,7 +39,8 @@ def model_card(run: Any, saes: dict[str, Path], facts: dict[str, Any]) -> str:
     header: dict[str, Any] = {"library_name": "saelens", "tags": TAGS}
     if _hub_ids(model):
         header["base_model"] = model
-    datasets = _hub_ids((config.get("collect") or {}).get("prompts"))
+    datasets = _hub_ids((config.get("collect") or {}).get("prompts")) + ([facts["traces_repo"]] if facts.get(
+        "traces_repo") else [])
     if datasets:
         header["datasets"] = datasets
     lines = ["---", yaml.safe_dump(header, sort_keys=False).strip(), "---", "",
@@ -48,6 +49,9 @@ def model_card(run: Any, saes: dict[str, Path], facts: dict[str, Any]) -> str:
              f"database of their max-activating examples ({facts['labels']:,} features with a label) in Goodfire's R1 "
              f"release layout and thinklens' own, and {facts['traces']:,} reasoning traces.", ""]
     lines += _sae_table(saes) + _eval_tables(run) + _training_table(own) + _findings_table(run)
+    if facts.get("traces_repo"):
+        lines += [f"The traces are the dataset [`{facts['traces_repo']}`](https://huggingface.co/datasets/"
+                  f"{facts['traces_repo']}) (`traces/` of the published folder).", ""]
     if facts["has_map"]:
         lines += ["## Feature map", "", "![feature map](map.png)", ""]
     lines += _usage(facts["name"], saes)

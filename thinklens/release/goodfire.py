@@ -69,17 +69,32 @@ def open_release(ddb: Path) -> Any:
         raise ThinklensError(f"{ddb} is not a readable DuckDB database ({str(exc).splitlines()[0]})") from None
 
 
+RELEASE_QUERIES = {  # table → (its DDL, the rows from our database's table of that name, in the release's order)
+    "tokens": (TOKENS_DDL, "SELECT sequence_id, token_idx, token, decoded_token FROM src.tokens "
+                           "ORDER BY sequence_id, token_idx"),
+    "activations": (ACTIVATIONS_DDL, "SELECT feature_id, sequence_id, token_idx, strength FROM src.activations "
+                                     "ORDER BY feature_id, strength DESC, sequence_id, token_idx"),
+}
+
+
 def write_release_ddb(features_db: Path, target: Path) -> None:
-    """`tokens` and `activations` of `features_db` as a DuckDB file at `target` (which must not exist)."""
+    """`tokens` and `activations` of `features_db` as a DuckDB file at `target`."""
+    for table in RELEASE_COLUMNS:
+        write_release_table(features_db, target, table)
+
+
+def write_release_table(features_db: Path, target: Path, table: str) -> None:
+    """One release table (`tokens` or `activations`) of `features_db` into the DuckDB file `target`, in one
+    transaction that first drops what a killed try left: the file holds the table whole or not at all."""
+    ddl, rows = RELEASE_QUERIES[table]
     with closing(duckdb_with_sqlite(target)) as duck:
         quoted = str(features_db).replace("'", "''")  # ATTACH takes no parameters: a quoted literal
         duck.execute(f"ATTACH '{quoted}' AS src (TYPE sqlite, READ_ONLY)")
-        duck.execute(TOKENS_DDL)
-        duck.execute("INSERT INTO tokens SELECT sequence_id, token_idx, token, decoded_token FROM src.tokens "
-                     "ORDER BY sequence_id, token_idx")
-        duck.execute(ACTIVATIONS_DDL)
-        duck.execute("INSERT INTO activations SELECT feature_id, sequence_id, token_idx, strength FROM "
-                     "src.activations ORDER BY feature_id, strength DESC, sequence_id, token_idx")
+        duck.execute("BEGIN TRANSACTION")
+        duck.execute(f"DROP TABLE IF EXISTS {table}")
+        duck.execute(ddl)
+        duck.execute(f"INSERT INTO {table} {rows}")
+        duck.execute("COMMIT")
         duck.execute("DETACH src")
         duck.execute("CHECKPOINT")
 
