@@ -67,6 +67,7 @@ def _register_import(app: typer.Typer) -> None:
         db: Annotated[Path | None, typer.Option(help=IMPORT_HELP["db"])] = None,
         autointerp: Annotated[Path | None, typer.Option(help=IMPORT_HELP["autointerp"])] = None,
         layer: Annotated[int | None, typer.Option(help=IMPORT_HELP["layer"])] = None,
+        memory_limit: Annotated[str | None, typer.Option(help=IMPORT_HELP["memory_limit"])] = None,
     ) -> None:
         """A run from Goodfire's DeepSeek-R1 release: the SAE in our layout, the feature database summarised
         (the .ddb attached, not copied); `features`, `serve` and the map then work on it."""
@@ -74,7 +75,7 @@ def _register_import(app: typer.Typer) -> None:
         from thinklens.pipeline.lock import run_lock
         from thinklens.release.importer import import_r1
 
-        config = ImportR1Config(sae=sae, db=db, autointerp=autointerp, **{
+        config = ImportR1Config(sae=sae, db=db, autointerp=autointerp, memory_limit=memory_limit, **{
             key: value for key, value in {"k": k, "layer": layer}.items() if value is not None})
         with run_lock(out, "import r1"):
             result = import_r1(config, RunDir(out))

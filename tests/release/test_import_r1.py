@@ -131,3 +131,46 @@ def test_files_not_in_the_release_layout_are_one_line_naming_it(release, tmp_pat
         import_r1(ImportR1Config(sae=small, k=2, db=release["db"]), RunDir(tmp_path / "run2"))
     with pytest.raises(ThinklensError, match="no DuckDB file"):
         import_r1(ImportR1Config(sae=release["sae"], k=4, db=tmp_path / "none.ddb"), RunDir(tmp_path / "run"))
+    with pytest.raises(ValueError, match="memory_limit"):
+        _config(release, memory_limit="lots")
+    refused = subprocess.run([sys.executable, "-m", "thinklens", "import", "r1", "--sae", str(release["sae"]), "--db",
+                              str(release["db"]), "--memory-limit", "lots", "--out", str(tmp_path / "run3")],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "memory" in refused.stderr and not (tmp_path / "run3" / "sae").exists()
+
+
+def test_the_imported_examples_are_each_features_strongest_and_a_spread_below(release, tmp_path):
+    """Each feature's TOP strongest rows of the .ddb (ties by sequence, token), then up to QUANTILES weaker
+    ones; every top example carries its context tokens from the .ddb's tokens."""
+    import duckdb
+
+    ddb = tmp_path / "many.ddb"  # every token with 8 of the 128 features: ~250 rows a feature, ties included
+    with duckdb.connect(str(ddb)) as duck:
+        duck.execute(goodfire.TOKENS_DDL)
+        duck.execute("INSERT INTO tokens SELECT i // 100, (i % 100)::INT, (i % 37)::INT, 't' || (i % 37)::VARCHAR "
+                     "FROM range(4000) t(i)")
+        duck.execute(goodfire.ACTIVATIONS_DDL)
+        duck.execute(f"INSERT INTO activations SELECT ((i * 31 + j * 16) % {D_SAE})::INT, i // 100, (i % 100)::INT, "
+                     "round(((i * 7 + j * 13) % 50) / 10, 1)::FLOAT FROM range(4000) t(i), range(8) f(j)")
+    run = tmp_path / "run"
+    import_r1(_config(release, db=ddb, autointerp=None), RunDir(run))
+    mirror = sqlite3.connect(run / "features.db")
+    source = duckdb.connect(str(ddb), read_only=True)
+    ranked = source.execute("""SELECT feature_id, sequence_id, token_idx, strength, row_number() OVER (PARTITION BY
+                                 feature_id ORDER BY strength DESC, sequence_id, token_idx) AS r FROM activations""").fetchall()
+    top = {(f, s, t) for f, s, t, _, r in ranked if r <= goodfire.TOP}
+    stored = {(f, s, t): v for f, s, t, v in mirror.execute("SELECT * FROM activations")}
+    assert top <= stored.keys()
+    below = stored.keys() - top
+    assert below and all(stored[key] <= min(v for f, s, t, v, r in ranked if f == key[0] and r <= goodfire.TOP)
+                         for key in below)
+    per_feature = {}
+    for feature, *_ in below:
+        per_feature[feature] = per_feature.get(feature, 0) + 1
+    assert max(per_feature.values()) <= 2 * goodfire.QUANTILES
+    tokens = dict(((s, t), tok) for s, t, tok, _ in source.execute("SELECT * FROM tokens").fetchall())
+    context = {(s, t): tok for s, t, tok, _ in mirror.execute("SELECT * FROM token_ids")}
+    for _, sequence, token in top:
+        for idx in range(token - 16, token + 17):
+            if (sequence, idx) in tokens:
+                assert context[(sequence, idx)] == tokens[(sequence, idx)]

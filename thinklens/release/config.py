@@ -34,3 +34,6 @@ class ImportR1Config(BaseModel):
     model: str = Field(default=R1_MODEL, description="The model the SAE was trained on.")
     db: Path | None = Field(default=None, description="The release's feature database (.ddb: tokens, activations).")
     autointerp: Path | None = Field(default=None, description="The release's labels (autointerp.db, SQLite).")
+    memory_limit: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?\s*([KMGT]i?B|B)$", description="DuckDB's memory limit while summarising (e.g. 8GB); "
+                                                               "beyond it DuckDB spills to RUN/.import-spill. "
+                                                               "Default: DuckDB's, 80 % of RAM.")

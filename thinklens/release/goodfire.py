@@ -59,12 +59,18 @@ def duckdb_with_sqlite(path: Path | str = ":memory:") -> Any:
     return connection
 
 
-def open_release(ddb: Path) -> Any:
-    """The release's DuckDB file, read-only (one line naming the fix if it is not one)."""
+def open_release(ddb: Path, spill: Path | None = None, memory_limit: str | None = None) -> Any:
+    """The release's DuckDB file, read-only (one line naming the fix if it is not one). `spill` is where
+    DuckDB writes what exceeds `memory_limit` (its default, beside the file, may be read-only media)."""
     import duckdb
 
+    config = {key: value for key, value in {"temp_directory": str(spill) if spill else None,
+                                            "memory_limit": memory_limit}.items() if value is not None}
     try:
-        return duckdb.connect(str(ddb), read_only=True)
+        return duckdb.connect(str(ddb), read_only=True, config=config)
+    except (duckdb.InvalidInputException, duckdb.ParserException) as exc:
+        raise ThinklensError(f"DuckDB refused the setting ({str(exc).splitlines()[0]}): pass --memory-limit as "
+                             "e.g. 8GB") from None
     except duckdb.Error as exc:
         raise ThinklensError(f"{ddb} is not a readable DuckDB database ({str(exc).splitlines()[0]})") from None
 
@@ -144,10 +150,24 @@ def summarise_release(duck, autointerp: Path | None, mirror: sqlite3.Connection,
             if autointerp is not None:
                 copy_labels(mirror, Path(autointerp))
         else:
-            step(cursor, mirror, window)
+            _run_duckdb_step(name, step, cursor, mirror, window)
         mirror.commit()
         if on_step is not None:
             on_step(name)
+
+
+def _run_duckdb_step(name: str, step, cursor, mirror: sqlite3.Connection, window: int) -> None:
+    import duckdb
+
+    try:
+        step(cursor, mirror, window)
+    except duckdb.OutOfMemoryException as exc:
+        # DuckDB spills sorts and joins beyond its limit, but a window over data about the limit's size
+        # can still fail (measured with duckdb 1.4: 25 M rows pass at 256 MB and fail at 512 MB).
+        mirror.rollback()
+        raise ThinklensError(f"DuckDB ran out of memory in the {name!r} step ({str(exc).splitlines()[0]}): rerun "
+                             "with --memory-limit set (e.g. half or twice the limit named); the steps already done "
+                             "are kept and the rerun resumes at this one") from None
 
 
 def _stream(cursor, query: str, mirror: sqlite3.Connection, insert: str, parameters: list | None = None,
@@ -185,16 +205,26 @@ def _examples(cursor, mirror: sqlite3.Connection, window: int) -> None:
 
 
 def _tokens(cursor, mirror: sqlite3.Connection, window: int) -> None:
-    query = f"""WITH top AS (SELECT DISTINCT sequence_id, token_idx FROM (
-                SELECT sequence_id, token_idx, row_number() OVER (PARTITION BY feature_id ORDER BY strength DESC)
-                AS r FROM activations) WHERE r <= {TOP})
-            SELECT DISTINCT t.sequence_id, t.token_idx, t.token, t.decoded_token FROM tokens t
-            JOIN top ON t.sequence_id = top.sequence_id AND t.token_idx BETWEEN top.token_idx - {int(window)}
-                                                                           AND top.token_idx + {int(window)}"""
-    _stream(cursor, f"SELECT DISTINCT token, decoded_token FROM ({query})", mirror,
-            "INSERT OR IGNORE INTO vocab VALUES (?, ?)")
-    _stream(cursor, f"SELECT sequence_id, token_idx, token FROM ({query})", mirror,
-            "INSERT OR IGNORE INTO token_ids VALUES (?, ?, ?, -1)")
+    """The tokens around each feature's TOP examples (`window` either side) and their vocabulary: the
+    examples (from the mirror: features × TOP rows) go to DuckDB, are widened to their windows and
+    joined to `tokens` on equality (a hash join whose build side is those windows, not the table)."""
+    import pyarrow as pa
+
+    top = mirror.execute(f"""SELECT sequence_id, token_idx FROM (SELECT sequence_id, token_idx, row_number() OVER
+                               (PARTITION BY feature_id ORDER BY strength DESC, sequence_id, token_idx) AS r
+                             FROM activations) WHERE r <= {TOP}""").fetchall()
+    cursor.register("top_examples", pa.table({"sequence_id": pa.array([row[0] for row in top], pa.int64()),
+                                              "token_idx": pa.array([row[1] for row in top], pa.int64())}))
+    cursor.execute(f"""WITH wanted AS (SELECT DISTINCT sequence_id, (token_idx + o)::INTEGER AS token_idx
+                                       FROM top_examples, range({-int(window)}, {int(window) + 1}) r(o))
+                       SELECT t.sequence_id, t.token_idx, t.token, t.decoded_token
+                       FROM tokens t JOIN wanted w ON t.sequence_id = w.sequence_id AND t.token_idx = w.token_idx""")
+    vocab: dict[int, str] = {}  # at most the model's vocabulary
+    while block := cursor.fetchmany(100_000):
+        mirror.executemany("INSERT OR IGNORE INTO token_ids VALUES (?, ?, ?, -1)", [row[:3] for row in block])
+        vocab.update((row[2], row[3]) for row in block)
+    cursor.unregister("top_examples")
+    mirror.executemany("INSERT OR IGNORE INTO vocab VALUES (?, ?)", sorted(vocab.items()))
 
 
 RELEASE_STEPS = {  # step → (tables it fills, what fills them)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 from contextlib import closing
 from dataclasses import dataclass
@@ -113,8 +114,9 @@ def _import_db(config: ImportR1Config, target: Path, d_sae: int, show_progress: 
         source = json.dumps([str(ddb.resolve()), str(config.autointerp)])
         out.execute("DELETE FROM import_steps WHERE source != ?", (source,))  # a partial import of other files
         done = frozenset(row[0] for row in out.execute("SELECT step FROM import_steps"))
-        with closing(open_release(ddb)) as duck, progress_bar("import", total=len(RELEASE_STEPS),
-                                                              enabled=show_progress) as bar:
+        spill = target.parent / ".import-spill"  # DuckDB's, beyond its memory limit; removed when done
+        with closing(open_release(ddb, spill, config.memory_limit)) as duck, \
+                progress_bar("import", total=len(RELEASE_STEPS), enabled=show_progress) as bar:
             check_release_layout(duck, ddb)
             (most,) = duck.execute("SELECT max(feature_id) FROM activations").fetchone()
             if most is not None and most >= d_sae:
@@ -129,6 +131,7 @@ def _import_db(config: ImportR1Config, target: Path, d_sae: int, show_progress: 
 
             summarise_release(duck, config.autointerp, out, window=CONTEXT_WINDOW, skip=done, on_step=finished)
             (tokens,) = duck.execute("SELECT count(*) FROM tokens").fetchone()
+        shutil.rmtree(spill, ignore_errors=True)
         _write_meta(out, config, ddb, int(tokens))
         out.execute("DROP TABLE import_steps")
         out.commit()
