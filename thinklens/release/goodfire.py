@@ -14,6 +14,7 @@ from __future__ import annotations
 import sqlite3
 import sysconfig
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -140,27 +141,32 @@ def summarise_release(duck, autointerp: Path | None, mirror: sqlite3.Connection,
     step not done is cleared first (a killed one leaves part of its rows); `on_step(name)` is called as
     each is committed."""
     migrate(mirror)
-    cursor = duck.cursor()
+    source = ReleaseSource(duck.cursor(), Path(autointerp) if autointerp is not None else None, int(window))
     for name, (tables, step) in RELEASE_STEPS.items():
         if name in skip:
             continue
         for table in tables:
             mirror.execute(f"DELETE FROM {table}")
-        if name == "labels":
-            if autointerp is not None:
-                copy_labels(mirror, Path(autointerp))
-        else:
-            _run_duckdb_step(name, step, cursor, mirror, window)
+        _run_step(name, step, source, mirror)
         mirror.commit()
         if on_step is not None:
             on_step(name)
 
 
-def _run_duckdb_step(name: str, step, cursor, mirror: sqlite3.Connection, window: int) -> None:
+@dataclass(frozen=True)
+class ReleaseSource:
+    """What a summary step reads: the release's DuckDB cursor, its labels file and the context to keep."""
+
+    cursor: Any
+    autointerp: Path | None
+    window: int
+
+
+def _run_step(name: str, step, source: ReleaseSource, mirror: sqlite3.Connection) -> None:
     import duckdb
 
     try:
-        step(cursor, mirror, window)
+        step(source, mirror)
     except duckdb.OutOfMemoryException as exc:
         # DuckDB spills sorts and joins beyond its limit, but a window over data about the limit's size
         # can still fail (measured with duckdb 1.4: 25 M rows pass at 256 MB and fail at 512 MB).
@@ -178,23 +184,23 @@ def _stream(cursor, query: str, mirror: sqlite3.Connection, insert: str, paramet
         mirror.executemany(insert, rows_of(block) if rows_of else block)
 
 
-def _statistics(cursor, mirror: sqlite3.Connection, window: int) -> None:
-    (tokens,) = cursor.execute("SELECT count(*) FROM tokens").fetchone()
-    _stream(cursor, "SELECT feature_id, count(*), count(*) / ?::DOUBLE, max(strength), avg(strength) FROM "
-                    "activations GROUP BY feature_id ORDER BY feature_id", mirror,
+def _statistics(source: ReleaseSource, mirror: sqlite3.Connection) -> None:
+    (tokens,) = source.cursor.execute("SELECT count(*) FROM tokens").fetchone()
+    _stream(source.cursor, "SELECT feature_id, count(*), count(*) / ?::DOUBLE, max(strength), avg(strength) FROM "
+                           "activations GROUP BY feature_id ORDER BY feature_id", mirror,
             "INSERT INTO features VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, '[]', '[]')", [max(tokens, 1)])
 
 
-def _histograms(cursor, mirror: sqlite3.Connection, window: int) -> None:
+def _histograms(source: ReleaseSource, mirror: sqlite3.Connection) -> None:
     # The bins `index` uses (features.build.HISTOGRAM_EDGES: 0, then 10^-4 … 10^4 in eighths of a decade).
-    histogram = cursor.execute(
+    histogram = source.cursor.execute(
         """SELECT feature_id, least(65, 1 + greatest(0, ceil(8 * (log10(greatest(strength, 1e-30)) + 4))))::INT AS bin,
                   count(*) FROM activations WHERE strength > 0 GROUP BY ALL ORDER BY feature_id, bin""").fetchall()
     _insert_histograms(mirror, histogram)  # ≤ 66 bins a feature: small
 
 
-def _examples(cursor, mirror: sqlite3.Connection, window: int) -> None:
-    _stream(cursor, f"""WITH ranked AS (
+def _examples(source: ReleaseSource, mirror: sqlite3.Connection) -> None:
+    _stream(source.cursor, f"""WITH ranked AS (
               SELECT feature_id, sequence_id, token_idx, strength,
                      row_number() OVER (PARTITION BY feature_id ORDER BY strength DESC, sequence_id, token_idx) AS rank,
                      count(*) OVER (PARTITION BY feature_id) AS n
@@ -204,7 +210,7 @@ def _examples(cursor, mirror: sqlite3.Connection, window: int) -> None:
                                    AND rank > {TOP})""", mirror, "INSERT INTO activations VALUES (?, ?, ?, ?)")
 
 
-def _tokens(cursor, mirror: sqlite3.Connection, window: int) -> None:
+def _tokens(source: ReleaseSource, mirror: sqlite3.Connection) -> None:
     """The tokens around each feature's TOP examples (`window` either side) and their vocabulary: the
     examples (from the mirror: features × TOP rows) go to DuckDB, are widened to their windows and
     joined to `tokens` on equality (a hash join whose build side is those windows, not the table)."""
@@ -213,10 +219,11 @@ def _tokens(cursor, mirror: sqlite3.Connection, window: int) -> None:
     top = mirror.execute(f"""SELECT sequence_id, token_idx FROM (SELECT sequence_id, token_idx, row_number() OVER
                                (PARTITION BY feature_id ORDER BY strength DESC, sequence_id, token_idx) AS r
                              FROM activations) WHERE r <= {TOP}""").fetchall()
+    cursor = source.cursor
     cursor.register("top_examples", pa.table({"sequence_id": pa.array([row[0] for row in top], pa.int64()),
                                               "token_idx": pa.array([row[1] for row in top], pa.int64())}))
     cursor.execute(f"""WITH wanted AS (SELECT DISTINCT sequence_id, (token_idx + o)::INTEGER AS token_idx
-                                       FROM top_examples, range({-int(window)}, {int(window) + 1}) r(o))
+                                       FROM top_examples, range({-source.window}, {source.window + 1}) r(o))
                        SELECT t.sequence_id, t.token_idx, t.token, t.decoded_token
                        FROM tokens t JOIN wanted w ON t.sequence_id = w.sequence_id AND t.token_idx = w.token_idx""")
     vocab: dict[int, str] = {}  # at most the model's vocabulary
@@ -227,12 +234,17 @@ def _tokens(cursor, mirror: sqlite3.Connection, window: int) -> None:
     mirror.executemany("INSERT OR IGNORE INTO vocab VALUES (?, ?)", sorted(vocab.items()))
 
 
+def _labels(source: ReleaseSource, mirror: sqlite3.Connection) -> None:
+    if source.autointerp is not None:
+        copy_labels(mirror, source.autointerp)
+
+
 RELEASE_STEPS = {  # step → (tables it fills, what fills them)
     "statistics": (("features",), _statistics),
     "histograms": (("histograms",), _histograms),
     "examples": (("activations",), _examples),
     "tokens": (("vocab", "token_ids"), _tokens),
-    "labels": (("autointerp",), None),
+    "labels": (("autointerp",), _labels),
 }
 
 
