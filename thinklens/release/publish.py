@@ -80,6 +80,7 @@ class _Release:
     saes: dict[str, Path]
     config: PublishConfig
     facts: dict[str, Any]
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)  # name → bytes and sha256, as steps write them
 
 
 def publish(config: PublishConfig, run: Any, out: Path, show_progress: bool = False) -> PublishResult:
@@ -117,6 +118,7 @@ def _build(config: PublishConfig, run: Any, out: Path, saes: dict[str, Path], sh
         state = {"fingerprint": fingerprint, "done": {}, "files": {}}
     staging.mkdir(parents=True, exist_ok=True)
     resumed = len(state["done"])
+    release.files = state["files"]  # the one dict: steps add to it, the state record saves it
     with progress_bar("publish", total=len(PUBLISH_STEPS), enabled=show_progress) as bar:
         bar.advance(resumed)
         for step, write in PUBLISH_STEPS.items():
@@ -125,7 +127,7 @@ def _build(config: PublishConfig, run: Any, out: Path, saes: dict[str, Path], sh
                 continue
             bar.advance(0, status=step)
             written = _run_step(release, write)
-            state["files"].update(written.pop("files"))
+            release.files.update(written.pop("files"))
             state["done"][step] = written
             release.facts.update(written)
             _write_state(staging, state)
@@ -266,9 +268,8 @@ def _write_cards(release: _Release) -> dict[str, Any]:
 
 
 def _write_manifest(release: _Release) -> dict[str, Any]:
-    files = _read_state(release.staging)["files"]
     manifest = {"format_version": 1, "name": release.name, "saes": release.facts["saes"],
-                "files": dict(sorted(files.items()))}
+                "files": dict(sorted(release.files.items()))}
     (release.staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return {"wrote": []}
 
