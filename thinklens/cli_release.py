@@ -68,6 +68,7 @@ def _register_import(app: typer.Typer) -> None:
         autointerp: Annotated[Path | None, typer.Option(help=IMPORT_HELP["autointerp"])] = None,
         layer: Annotated[int | None, typer.Option(help=IMPORT_HELP["layer"])] = None,
         memory_limit: Annotated[str | None, typer.Option(help=IMPORT_HELP["memory_limit"])] = None,
+        checkpoint_seconds: Annotated[float | None, typer.Option(help=IMPORT_HELP["checkpoint_seconds"])] = None,
     ) -> None:
         """A run from Goodfire's DeepSeek-R1 release: the SAE in our layout, the feature database summarised
         (the .ddb attached, not copied); `features`, `serve` and the map then work on it."""
@@ -76,7 +77,8 @@ def _register_import(app: typer.Typer) -> None:
         from thinklens.release.importer import import_r1
 
         config = ImportR1Config(sae=sae, db=db, autointerp=autointerp, memory_limit=memory_limit, **{
-            key: value for key, value in {"k": k, "layer": layer}.items() if value is not None})
+            key: value for key, value in {"k": k, "layer": layer, "checkpoint_seconds": checkpoint_seconds}.items()
+            if value is not None})
         with run_lock(out, "import r1"):
             result = import_r1(config, RunDir(out))
         print_facts(f"import r1 → {result.run}", {

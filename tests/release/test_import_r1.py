@@ -92,30 +92,62 @@ def test_features_and_serve_read_the_imported_run(release, tmp_path, indexed_run
     assert (out / "map.html").is_file() and (out / "map.png").is_file()
 
 
+def _dump(path: Path) -> list[str]:
+    return [line for line in sqlite3.connect(path).iterdump() if "schema_migrations" not in line and "source_" not in line]
+
+
 def test_a_killed_import_resumes_at_its_step_and_ends_the_same(release, tmp_path, monkeypatch):
     whole = tmp_path / "whole"
     import_r1(_config(release), RunDir(whole))
-    real = goodfire.RELEASE_STEPS["examples"]
+    real = goodfire.RELEASE_STEPS["tokens"]
 
     def killed(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setitem(goodfire.RELEASE_STEPS, "examples", (real[0], killed))
+    monkeypatch.setitem(goodfire.RELEASE_STEPS, "tokens", (real[0], killed))
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         import_r1(_config(release), RunDir(run))
     partial = run / "features.db.partial"
     assert partial.is_file() and not (run / "features.db").exists()
-    assert {row[0] for row in sqlite3.connect(partial).execute("SELECT step FROM import_steps")} == {
-        "statistics", "histograms"}
-    monkeypatch.setitem(goodfire.RELEASE_STEPS, "examples", real)
+    assert {row[0] for row in sqlite3.connect(partial).execute("SELECT step FROM import_steps")} == {"features"}
+    monkeypatch.setitem(goodfire.RELEASE_STEPS, "tokens", real)
     result = import_r1(_config(release), RunDir(run))
-    assert result.resumed_steps == 2
+    assert result.resumed_steps == 1
+    assert _dump(run / "features.db") == _dump(whole / "features.db")
 
-    def dump(path: Path) -> list[str]:
-        return [line for line in sqlite3.connect(path).iterdump() if "schema_migrations" not in line
-                and "source_" not in line]
-    assert dump(run / "features.db") == dump(whole / "features.db")
+
+def test_an_import_killed_in_its_pass_resumes_from_the_checkpoint(release, tmp_path, monkeypatch):
+    """Killed mid-way through the pass over the activations (in small batches, a checkpoint after each),
+    the import resumes from the rows the checkpoint holds and writes the database the whole import did."""
+    from thinklens.features.build import FeatureStats
+    from thinklens.release import scan
+
+    whole = tmp_path / "whole"
+    import_r1(_config(release), RunDir(whole))
+    monkeypatch.setattr(scan, "BATCH_ROWS", 64)
+    add, calls = FeatureStats.add, []
+
+    def counted(self, *args, **kwargs):
+        calls.append(len(args[0]))
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return add(self, *args, **kwargs)
+
+    monkeypatch.setattr(FeatureStats, "add", counted)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        import_r1(_config(release, checkpoint_seconds=1e-9), RunDir(run))
+    assert (run / "features.db.partial.checkpoint").is_file()
+    import duckdb
+
+    (total,) = duckdb.connect(str(release["db"]), read_only=True).execute("SELECT count(*) FROM activations").fetchone()
+    calls.clear()
+    monkeypatch.setattr(FeatureStats, "add", lambda self, *a, **k: (calls.append(len(a[0])), add(self, *a, **k)))
+    import_r1(_config(release, checkpoint_seconds=1e-9), RunDir(run))
+    assert sum(calls) == total - 3 * 64  # the three batches the checkpoint holds are not read again
+    assert not (run / "features.db.partial.checkpoint").exists()
+    assert _dump(run / "features.db") == _dump(whole / "features.db")
 
 
 def test_files_not_in_the_release_layout_are_one_line_naming_it(release, tmp_path):
@@ -158,16 +190,21 @@ def test_the_imported_examples_are_each_features_strongest_and_a_spread_below(re
     source = duckdb.connect(str(ddb), read_only=True)
     ranked = source.execute("""SELECT feature_id, sequence_id, token_idx, strength, row_number() OVER (PARTITION BY
                                  feature_id ORDER BY strength DESC, sequence_id, token_idx) AS r FROM activations""").fetchall()
-    top = {(f, s, t) for f, s, t, _, r in ranked if r <= goodfire.TOP}
-    stored = {(f, s, t): v for f, s, t, v in mirror.execute("SELECT * FROM activations")}
-    assert top <= stored.keys()
-    below = stored.keys() - top
-    assert below and all(stored[key] <= min(v for f, s, t, v, r in ranked if f == key[0] and r <= goodfire.TOP)
-                         for key in below)
-    per_feature = {}
-    for feature, *_ in below:
-        per_feature[feature] = per_feature.get(feature, 0) + 1
-    assert max(per_feature.values()) <= 2 * goodfire.QUANTILES
+    strongest: dict[int, list[float]] = {}
+    for f, _, _, v, r in ranked:
+        if r <= goodfire.TOP:
+            strongest.setdefault(f, []).append(v)
+    rows = {(f, s, t): v for f, s, t, v, _ in ranked}
+    stored = {(f, s, t): v for f, s, t, v in mirror.execute("SELECT * FROM activations ORDER BY feature_id, "
+                                                              "strength DESC")}
+    assert all(rows[key] == value for key, value in stored.items())  # every example is a row of the .ddb
+    kept: dict[int, list[float]] = {}
+    for (f, _, _), v in stored.items():
+        kept.setdefault(f, []).append(v)
+    for feature, values in strongest.items():  # the TOP strongest strengths (which of tied rows: the first read)
+        assert kept[feature][:goodfire.TOP] == values
+        assert 0 < len(kept[feature]) - goodfire.TOP <= goodfire.QUANTILES  # and a spread below them
+    top = {(f, s, t) for (f, s, t), v in stored.items() if v >= strongest[f][-1]}
     tokens = dict(((s, t), tok) for s, t, tok, _ in source.execute("SELECT * FROM tokens").fetchall())
     context = {(s, t): tok for s, t, tok, _ in mirror.execute("SELECT * FROM token_ids")}
     for _, sequence, token in top:

@@ -88,7 +88,7 @@ class IndexResult:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
 
-class _FeatureStats:
+class FeatureStats:
     """Everything accumulated per feature while encoding."""
 
     def __init__(self, d_sae: int, config: IndexConfig, shard: int = 0) -> None:
@@ -105,7 +105,7 @@ class _FeatureStats:
     def __getstate__(self) -> dict[str, Any]:  # a Ray worker sends its partial state; the generator stays
         return {key: value for key, value in self.__dict__.items() if key != "generator"}
 
-    def merge(self, other: _FeatureStats) -> None:
+    def merge(self, other: FeatureStats) -> None:
         """Fold another shard's partial state into this one (in shard order, the result is deterministic)."""
         self.firing += other.firing
         self.total += other.total
@@ -116,17 +116,21 @@ class _FeatureStats:
         self.reservoir.merge(other.reservoir)
 
     def add(self, features: torch.Tensor, values: torch.Tensor, sequence_ids: torch.Tensor, token_idx: torch.Tensor,
-            segments: torch.Tensor) -> None:
+            segments: torch.Tensor | None, keys: torch.Tensor | None = None) -> None:
+        """Count a batch of active entries (1-D, same length). `segments` None: not known (an imported
+        release); `keys`: the reservoir's sampling keys, drawn from the stats' generator when None."""
         d_sae = len(self.firing)
         self.firing += torch.bincount(features, minlength=d_sae)
         self.total.index_add_(0, features, values.double())
-        self.per_segment += torch.bincount(features * len(SEGMENT_NAMES) + segments,
-                                           minlength=d_sae * len(SEGMENT_NAMES)).view(d_sae, -1)
+        if segments is not None:
+            self.per_segment += torch.bincount(features * len(SEGMENT_NAMES) + segments,
+                                               minlength=d_sae * len(SEGMENT_NAMES)).view(d_sae, -1)
         bins = torch.bucketize(values, torch.from_numpy(HISTOGRAM_EDGES).float())
         self.histogram += torch.bincount(features * self.histogram.shape[1] + bins.clamp_max(self.histogram.shape[1] - 1),
                                          minlength=self.histogram.numel()).view(d_sae, -1)
         self.top.update(features, values, values, sequence_ids, token_idx)
-        keys = torch.rand(len(values), generator=self.generator)  # the N largest random keys: a uniform sample
+        if keys is None:
+            keys = torch.rand(len(values), generator=self.generator)  # the N largest random keys: a uniform sample
         self.reservoir.update(features, keys, values, sequence_ids, token_idx)
 
 
@@ -169,7 +173,7 @@ def build_index(config: IndexConfig, sae_dir: Path, activations_dir: Path, trace
         _insert_features(connection, sae, stats, indexed, None if unembedding is None else unembedding.weight.detach(),
                          tokenizer, config.logit_tokens)
         if not config.store_all:
-            _insert_examples(connection, stats, config)
+            insert_examples(connection, stats, config)
         connection.executemany(
             "INSERT OR REPLACE INTO autointerp VALUES (?, ?, ?, ?, NULL, NULL, ?, ?)",
             (row + (HEURISTIC_MODEL, HEURISTIC_VERSION) for row in heuristic_labels(connection)),
@@ -214,11 +218,11 @@ def _sha256(path: Path) -> str:
 @torch.no_grad()
 def _encode_shards(sae: Sae, store: ActivationStore, layer: int, config: IndexConfig, connection: sqlite3.Connection,
                    sae_dir: Path, checkpoint: IndexCheckpoint, distributed_states, show_progress: bool
-                   ) -> tuple[_FeatureStats, int, set[int]]:
+                   ) -> tuple[FeatureStats, int, set[int]]:
     """Every shard's tokens into the database and its partial state merged in shard order, resuming after
     the shards a checkpoint holds (their tokens are inserted again; they are not encoded again). Returns
     the merged state, the tokens indexed and the vocabulary seen."""
-    stats = _FeatureStats(sae.config.d_sae, config)
+    stats = FeatureStats(sae.config.d_sae, config)
     resumed = Resumed() if config.store_all else checkpoint.load()
     if resumed.state is not None:
         stats.__dict__.update(resumed.state)
@@ -248,7 +252,7 @@ def _insert_shard_tokens(connection: sqlite3.Connection, store: ActivationStore,
 
 def _shard_states(sae: Sae, store: ActivationStore, layer: int, shards: list, config: IndexConfig,
                   connection: sqlite3.Connection, sae_dir: Path, distributed_states
-                  ) -> Iterator[tuple[Any, tuple[_FeatureStats, int]]]:
+                  ) -> Iterator[tuple[Any, tuple[FeatureStats, int]]]:
     """(shard, (its partial state, tokens indexed)) for `shards` in order: computed here, or by Ray workers."""
     if config.distributed:
         if distributed_states is None:
@@ -261,9 +265,9 @@ def _shard_states(sae: Sae, store: ActivationStore, layer: int, shards: list, co
 
 @torch.inference_mode()
 def shard_state(sae: Sae, store: ActivationStore, layer: int, shard, config: IndexConfig,
-                connection: sqlite3.Connection | None = None) -> tuple[_FeatureStats, int]:
+                connection: sqlite3.Connection | None = None) -> tuple[FeatureStats, int]:
     """The map step: one shard encoded into its own partial state; returns it with the tokens indexed."""
-    stats = _FeatureStats(sae.config.d_sae, config, shard.shard)
+    stats = FeatureStats(sae.config.d_sae, config, shard.shard)
     index = store.read_index(shard).to_pydict()
     indexed = 0
     for start in range(0, shard.rows, config.batch_size):
@@ -275,7 +279,7 @@ def shard_state(sae: Sae, store: ActivationStore, layer: int, shard, config: Ind
 
 
 def _encode_chunk(sae: Sae, store: ActivationStore, layer: int, shard, index: dict[str, list], start: int, stop: int,
-                  config: IndexConfig, stats: _FeatureStats, connection: sqlite3.Connection | None) -> int:
+                  config: IndexConfig, stats: FeatureStats, connection: sqlite3.Connection | None) -> int:
     keep = np.ones(stop - start, dtype=bool)
     if not config.include_special:
         keep &= ~np.asarray(index["special"][start:stop], dtype=bool)
@@ -324,7 +328,7 @@ def _insert_sequences(connection: sqlite3.Connection, traces_dir: Path) -> None:
                            zip(*(table[column] for column in columns), strict=True))
 
 
-def _insert_features(connection: sqlite3.Connection, sae: Sae, stats: _FeatureStats, indexed: int,
+def _insert_features(connection: sqlite3.Connection, sae: Sae, stats: FeatureStats, indexed: int,
                      unembedding: torch.Tensor | None, tokenizer: Any, n_logits: int) -> None:
     d_sae = sae.config.d_sae
     stats.top.finish()  # max_activation reads the state directly
@@ -349,6 +353,11 @@ def _insert_features(connection: sqlite3.Connection, sae: Sae, stats: _FeatureSt
         for f in range(d_sae)
     )
     connection.executemany("INSERT INTO features VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    insert_histograms(connection, stats)
+
+
+def insert_histograms(connection: sqlite3.Connection, stats: FeatureStats) -> None:
+    """Each firing feature's histogram over HISTOGRAM_EDGES, trimmed to the bins it uses."""
     histograms = []
     for f in np.flatnonzero(stats.firing.numpy()):
         counts = stats.histogram[f].numpy()
@@ -359,7 +368,7 @@ def _insert_features(connection: sqlite3.Connection, sae: Sae, stats: _FeatureSt
     connection.executemany("INSERT INTO histograms VALUES (?, ?, ?)", histograms)
 
 
-def _insert_examples(connection: sqlite3.Connection, stats: _FeatureStats, config: IndexConfig) -> None:
+def insert_examples(connection: sqlite3.Connection, stats: FeatureStats, config: IndexConfig) -> None:
     """Each feature's top N, plus `quantile_samples` of its uniformly sampled activations spread from
     the lowest to the highest (so a reader sees weak as well as strong examples)."""
     top, reservoir = stats.top, stats.reservoir

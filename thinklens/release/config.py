@@ -37,3 +37,5 @@ class ImportR1Config(BaseModel):
     memory_limit: str | None = Field(default=None, pattern=r"^\d+(\.\d+)?\s*([KMGT]i?B|B)$", description="DuckDB's memory limit while summarising (e.g. 8GB); "
                                                                "beyond it DuckDB spills to RUN/.import-spill. "
                                                                "Default: DuckDB's, 80 % of RAM.")
+    checkpoint_seconds: float = Field(default=60.0, gt=0, description="Save the pass over the activations this "
+                                                                       "often (a killed import resumes from it).")

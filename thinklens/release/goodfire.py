@@ -29,7 +29,7 @@ RELEASE_COLUMNS = {
 AUTOINTERP_COLUMNS = ("feature_id", "label", "seqs", "indices", "quality", "interestingness", "model_name",
                       "prompt_version")
 TOP = 20  # each feature's strongest stored activations a page shows
-QUANTILES = 12  # and this many more, spread evenly over the ranks below them
+QUANTILES = 12  # and this many more, spread from weakest to strongest over a uniform sample (as index does)
 TOKENS_DDL = "CREATE TABLE tokens (sequence_id BIGINT, token_idx INTEGER, token INTEGER, decoded_token VARCHAR)"
 ACTIVATIONS_DDL = ("CREATE TABLE activations (feature_id INTEGER, sequence_id BIGINT, token_idx INTEGER, "
                    "strength FLOAT)")
@@ -131,17 +131,16 @@ def check_release_layout(duck, ddb: Path) -> None:
             raise ThinklensError(f"{ddb}'s {table} lacks {missing}: the R1 release layout has {list(columns)}")
 
 
-def summarise_release(duck, autointerp: Path | None, mirror: sqlite3.Connection, window: int = 0,
-                      skip: frozenset[str] = frozenset(), on_step=None) -> None:
-    """A release database in our layout, written into `mirror`, step by step (`RELEASE_STEPS`): per-feature
-    statistics, histograms, each feature's examples (its TOP strongest and QUANTILES more spread over the
-    ranks below), the tokens of each top example (with `window` tokens either side: what a page shows
-    without the .ddb), and the labels. DuckDB computes each part out of core and the rows are streamed
-    into `mirror`, so the release's size does not bound memory. Steps in `skip` are already there; a
-    step not done is cleared first (a killed one leaves part of its rows); `on_step(name)` is called as
-    each is committed."""
+def summarise_release(duck, mirror: sqlite3.Connection, source: ReleaseSource, skip: frozenset[str] = frozenset(),
+                      on_step=None) -> None:
+    """A release database in our layout, written into `mirror`, step by step (`RELEASE_STEPS`): the
+    per-feature statistics, histograms and examples (its TOP strongest and QUANTILES more spread over a
+    uniform sample, as `index` picks them) from one streamed pass over `activations`; the tokens around
+    each top example (`source.window` either side: what a page shows without the .ddb); the labels.
+    Memory is bounded by the number of features, never by the release's size. Steps in `skip` are
+    already there; a step not done is cleared first (a killed one leaves part of its rows);
+    `on_step(name)` is called as each is committed."""
     migrate(mirror)
-    source = ReleaseSource(duck.cursor(), Path(autointerp) if autointerp is not None else None, int(window))
     for name, (tables, step) in RELEASE_STEPS.items():
         if name in skip:
             continue
@@ -155,11 +154,15 @@ def summarise_release(duck, autointerp: Path | None, mirror: sqlite3.Connection,
 
 @dataclass(frozen=True)
 class ReleaseSource:
-    """What a summary step reads: the release's DuckDB cursor, its labels file and the context to keep."""
+    """What the summary steps read: the release's DuckDB cursor, its labels file, the context to keep, the
+    SAE's width, the pass's checkpoint, and a callback counting the activation rows consumed."""
 
     cursor: Any
     autointerp: Path | None
     window: int
+    d_sae: int
+    checkpoint: Any = None  # features.checkpoint.IndexCheckpoint, or None: no resume
+    on_rows: Any = None
 
 
 def _run_step(name: str, step, source: ReleaseSource, mirror: sqlite3.Connection) -> None:
@@ -168,46 +171,25 @@ def _run_step(name: str, step, source: ReleaseSource, mirror: sqlite3.Connection
     try:
         step(source, mirror)
     except duckdb.OutOfMemoryException as exc:
-        # DuckDB spills sorts and joins beyond its limit, but a window over data about the limit's size
-        # can still fail (measured with duckdb 1.4: 25 M rows pass at 256 MB and fail at 512 MB).
         mirror.rollback()
         raise ThinklensError(f"DuckDB ran out of memory in the {name!r} step ({str(exc).splitlines()[0]}): rerun "
                              "with --memory-limit set (e.g. half or twice the limit named); the steps already done "
                              "are kept and the rerun resumes at this one") from None
 
 
-def _stream(cursor, query: str, mirror: sqlite3.Connection, insert: str, parameters: list | None = None,
-            rows_of=None) -> None:
-    """The rows of a DuckDB query into `mirror` in blocks (never all in memory)."""
-    cursor.execute(query, parameters or [])
-    while block := cursor.fetchmany(100_000):
-        mirror.executemany(insert, rows_of(block) if rows_of else block)
+def _features(source: ReleaseSource, mirror: sqlite3.Connection) -> None:
+    from thinklens.features.build import IndexConfig, insert_examples, insert_histograms
+    from thinklens.release.scan import scan_activations
 
-
-def _statistics(source: ReleaseSource, mirror: sqlite3.Connection) -> None:
+    config = IndexConfig(top=TOP, quantile_samples=QUANTILES)
+    stats = scan_activations(source.cursor, source.d_sae, config, source.checkpoint, source.on_rows)
     (tokens,) = source.cursor.execute("SELECT count(*) FROM tokens").fetchone()
-    _stream(source.cursor, "SELECT feature_id, count(*), count(*) / ?::DOUBLE, max(strength), avg(strength) FROM "
-                           "activations GROUP BY feature_id ORDER BY feature_id", mirror,
-            "INSERT INTO features VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, '[]', '[]')", [max(tokens, 1)])
-
-
-def _histograms(source: ReleaseSource, mirror: sqlite3.Connection) -> None:
-    # The bins `index` uses (features.build.HISTOGRAM_EDGES: 0, then 10^-4 … 10^4 in eighths of a decade).
-    histogram = source.cursor.execute(
-        """SELECT feature_id, least(65, 1 + greatest(0, ceil(8 * (log10(greatest(strength, 1e-30)) + 4))))::INT AS bin,
-                  count(*) FROM activations WHERE strength > 0 GROUP BY ALL ORDER BY feature_id, bin""").fetchall()
-    _insert_histograms(mirror, histogram)  # ≤ 66 bins a feature: small
-
-
-def _examples(source: ReleaseSource, mirror: sqlite3.Connection) -> None:
-    _stream(source.cursor, f"""WITH ranked AS (
-              SELECT feature_id, sequence_id, token_idx, strength,
-                     row_number() OVER (PARTITION BY feature_id ORDER BY strength DESC, sequence_id, token_idx) AS rank,
-                     count(*) OVER (PARTITION BY feature_id) AS n
-              FROM activations)
-            SELECT feature_id, sequence_id, token_idx, strength FROM ranked
-            WHERE rank <= {TOP} OR (n > {TOP} AND (rank - {TOP}) % greatest(1, (n - {TOP}) // {QUANTILES}) = 0
-                                   AND rank > {TOP})""", mirror, "INSERT INTO activations VALUES (?, ?, ?, ?)")
+    firing = stats.firing.tolist()
+    mirror.executemany("INSERT INTO features VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, NULL, '[]', '[]')",
+                       ((f, n, n / max(tokens, 1), float(stats.top.scores[f, 0]), stats.total[f].item() / n)
+                        for f, n in enumerate(firing) if n))
+    insert_histograms(mirror, stats)
+    insert_examples(mirror, stats, config)
 
 
 def _tokens(source: ReleaseSource, mirror: sqlite3.Connection) -> None:
@@ -240,31 +222,10 @@ def _labels(source: ReleaseSource, mirror: sqlite3.Connection) -> None:
 
 
 RELEASE_STEPS = {  # step → (tables it fills, what fills them)
-    "statistics": (("features",), _statistics),
-    "histograms": (("histograms",), _histograms),
-    "examples": (("activations",), _examples),
+    "features": (("features", "histograms", "activations"), _features),
     "tokens": (("vocab", "token_ids"), _tokens),
     "labels": (("autointerp",), _labels),
 }
-
-
-def _insert_histograms(mirror: sqlite3.Connection, rows: list[tuple[int, int, int]]) -> None:
-    import json
-
-    import numpy as np
-
-    from thinklens.features.build import HISTOGRAM_EDGES
-
-    edges = np.append(HISTOGRAM_EDGES, np.inf)
-    by_feature: dict[int, dict[int, int]] = {}
-    for feature, bin_, count in rows:
-        by_feature.setdefault(feature, {})[bin_] = count
-    out = []
-    for feature, bins in by_feature.items():
-        lo, hi = min(bins), max(bins) + 1
-        out.append((feature, json.dumps([float(e) for e in edges[lo: hi + 1]]),
-                    json.dumps([bins.get(i, 0) for i in range(lo, hi)])))
-    mirror.executemany("INSERT INTO histograms VALUES (?, ?, ?)", out)
 
 
 def copy_labels(mirror: sqlite3.Connection, path: Path) -> None:

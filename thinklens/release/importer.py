@@ -9,8 +9,10 @@ their context, labels), which `thinklens features`, `serve` and the map read; th
 attached, never copied (RUN/features.db's meta names it). The model is not needed to browse; what
 needs R1 itself (steering, explain-text) says so.
 
-The summary is built in RUN/features.db.partial, step by step, each step recorded there when done: a
-killed import resumes at the step it was in, and RUN/features.db appears only when complete.
+The summary is built in RUN/features.db.partial, step by step, each step recorded there when done, and
+the long one (the pass over every activation row, `release.scan`) checkpointed beside it every
+`checkpoint_seconds`: a killed import resumes at its step, mid-pass from the rows the checkpoint
+holds, and RUN/features.db appears only when complete.
 """
 
 from __future__ import annotations
@@ -97,11 +99,12 @@ def _save(sae, config: ImportR1Config, directory: Path) -> None:
 def _import_db(config: ImportR1Config, target: Path, d_sae: int, show_progress: bool) -> tuple[int, int]:
     """RUN/features.db summarised from the release database; returns (features, steps found already done)."""
     from thinklens.release.goodfire import (
-        RELEASE_STEPS,
+        ReleaseSource,
         check_release_layout,
         open_release,
         summarise_release,
     )
+    from thinklens.release.scan import checkpoint_for
 
     ddb = Path(config.db)
     if not ddb.is_file():
@@ -109,27 +112,34 @@ def _import_db(config: ImportR1Config, target: Path, d_sae: int, show_progress: 
     if config.autointerp is not None and not Path(config.autointerp).is_file():
         raise ThinklensError(f"no autointerp file at {config.autointerp}: pass the release's autointerp.db")
     partial = target.with_name(target.name + ".partial")
+    spill = target.parent / ".import-spill"  # DuckDB's, beyond its memory limit; removed when done
     with closing(sqlite3.connect(partial)) as out:
         out.execute("CREATE TABLE IF NOT EXISTS import_steps (step TEXT PRIMARY KEY, source TEXT NOT NULL)")
-        source = json.dumps([str(ddb.resolve()), str(config.autointerp)])
+        stat = ddb.stat()
+        source = json.dumps([str(ddb.resolve()), stat.st_size, stat.st_mtime_ns, str(config.autointerp)])
         out.execute("DELETE FROM import_steps WHERE source != ?", (source,))  # a partial import of other files
         done = frozenset(row[0] for row in out.execute("SELECT step FROM import_steps"))
-        spill = target.parent / ".import-spill"  # DuckDB's, beyond its memory limit; removed when done
-        with closing(open_release(ddb, spill, config.memory_limit)) as duck, \
-                progress_bar("import", total=len(RELEASE_STEPS), enabled=show_progress) as bar:
+        checkpoint = checkpoint_for(partial, source, d_sae, config.checkpoint_seconds)
+        with closing(open_release(ddb, spill, config.memory_limit)) as duck:
             check_release_layout(duck, ddb)
-            (most,) = duck.execute("SELECT max(feature_id) FROM activations").fetchone()
+            (most, rows) = duck.execute("SELECT max(feature_id), count(*) FROM activations").fetchone()
             if most is not None and most >= d_sae:
                 raise ThinklensError(f"{ddb} holds feature {most} but the SAE has {d_sae} features: pass the database "
                                      "of this SAE (the release's logic and maths files go together)")
-            bar.advance(len(done))
+            with progress_bar("import: activation rows", total=int(rows), enabled=show_progress) as bar:
+                if "features" in done:
+                    bar.advance(int(rows))
 
-            def finished(step: str) -> None:
-                out.execute("INSERT OR REPLACE INTO import_steps VALUES (?, ?)", (step, source))
-                out.commit()
-                bar.advance(1)
+                def finished(step: str) -> None:
+                    out.execute("INSERT OR REPLACE INTO import_steps VALUES (?, ?)", (step, source))
+                    out.commit()
+                    if step == "features":
+                        checkpoint.remove()  # the pass's rows are committed: its checkpoint is spent
+                    bar.advance(0, status=f"{step} done")
 
-            summarise_release(duck, config.autointerp, out, window=CONTEXT_WINDOW, skip=done, on_step=finished)
+                summarise_release(duck, out, ReleaseSource(
+                    duck.cursor(), Path(config.autointerp) if config.autointerp else None, CONTEXT_WINDOW, d_sae,
+                    checkpoint, lambda n: bar.advance(n, tokens=n)), skip=done, on_step=finished)
             (tokens,) = duck.execute("SELECT count(*) FROM tokens").fetchone()
         shutil.rmtree(spill, ignore_errors=True)
         _write_meta(out, config, ddb, int(tokens))

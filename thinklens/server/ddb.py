@@ -4,8 +4,8 @@ The release layout: a DuckDB file with `tokens(sequence_id, token_idx, token, de
 `activations(feature_id, sequence_id, token_idx, strength)`, and a separate SQLite `autointerp` file
 (`feature_id, label, seqs, indices, quality, interestingness, model_name, prompt_version`). Both are
 opened read-only. At start the per-feature statistics (count, max, mean, a histogram of the stored
-strengths) and each feature's examples (its top activations and samples spread over its lower
-ranks) are summarised into an in-memory SQLite database of our own layout, so `ServedRun`'s queries
+strengths) and each feature's examples (its top activations and a uniform sample spread from weakest
+to strongest) are summarised into an in-memory SQLite database of our own layout, so `ServedRun`'s queries
 serve it; context tokens are read from the DuckDB file per page. There is no model, SAE or segment
 in the release: those parts of a page say so.
 """
@@ -19,7 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from thinklens.errors import ThinklensError
-from thinklens.release.goodfire import TOP, check_release_layout, open_release, summarise_release
+from thinklens.release.goodfire import (
+    TOP,
+    ReleaseSource,
+    check_release_layout,
+    open_release,
+    summarise_release,
+)
 from thinklens.server.catalog import ServedRun, _search_index
 
 
@@ -36,7 +42,9 @@ class ReleaseRun(ServedRun):
         self.name = name or ddb.stem
         self.ddb, self.autointerp_path = ddb, autointerp
         self._mirror = sqlite3.connect(":memory:", check_same_thread=False)
-        summarise_release(self.duck, autointerp, self._mirror)
+        (most,) = self.duck.execute("SELECT coalesce(max(feature_id), -1) + 1 FROM activations").fetchone()
+        summarise_release(self.duck, self._mirror, ReleaseSource(
+            self.duck.cursor(), Path(autointerp) if autointerp is not None else None, 0, int(most)))
         self._local = threading.local()
         self._search = _search_index(self._mirror)
         self._search_lock = threading.Lock()
