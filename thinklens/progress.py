@@ -19,9 +19,10 @@ from rich.progress import (
 class ProgressHandle:
     """Advance a progress bar by items, and count tokens to show a tokens/s rate."""
 
-    def __init__(self, progress: Progress | None, task_id: int | None) -> None:
+    def __init__(self, progress: Progress | None, task_id: int | None, unit: str = "tok") -> None:
         self._progress = progress
         self._task_id = task_id
+        self._unit = unit
         self._started = time.perf_counter()
         self.tokens = 0
 
@@ -31,15 +32,16 @@ class ProgressHandle:
         if self._progress is None or self._task_id is None:
             return
         elapsed = max(time.perf_counter() - self._started, 1e-9)
-        fields = {"rate": f"{self.tokens / elapsed:,.0f} tok/s"}
+        fields = {"rate": f"{self.tokens / elapsed:,.0f} {self._unit}/s" if self.tokens else ""}
         if status is not None:
             fields["status"] = status
         self._progress.update(self._task_id, advance=items, **fields)
 
 
 @contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[ProgressHandle]:
-    """A Rich progress bar with items done/total, tokens/s, elapsed and remaining time."""
+def progress_bar(description: str, total: int, enabled: bool = True, unit: str = "tok") -> Iterator[ProgressHandle]:
+    """A Rich progress bar with items done/total, a rate (`unit`s counted per second, once any are), elapsed
+    and remaining time."""
     if not enabled:
         yield ProgressHandle(None, None)
         return
@@ -54,4 +56,4 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     )
     with Progress(*columns, transient=False) as progress:
         task_id = progress.add_task(description, total=total, rate="", status="")
-        yield ProgressHandle(progress, task_id)
+        yield ProgressHandle(progress, task_id, unit)

@@ -126,7 +126,8 @@ def _import_db(config: ImportR1Config, target: Path, d_sae: int, show_progress: 
             if most is not None and most >= d_sae:
                 raise ThinklensError(f"{ddb} holds feature {most} but the SAE has {d_sae} features: pass the database "
                                      "of this SAE (the release's logic and maths files go together)")
-            with progress_bar("import: activation rows", total=int(rows), enabled=show_progress) as bar:
+            with progress_bar("import: activation rows", total=int(rows), enabled=show_progress,
+                              unit="rows") as bar:
                 if "features" in done:
                     bar.advance(int(rows))
 
