@@ -131,7 +131,7 @@ def check_release_layout(duck, ddb: Path) -> None:
             raise ThinklensError(f"{ddb}'s {table} lacks {missing}: the R1 release layout has {list(columns)}")
 
 
-def summarise_release(duck, mirror: sqlite3.Connection, source: ReleaseSource, skip: frozenset[str] = frozenset(),
+def summarise_release(mirror: sqlite3.Connection, source: ReleaseSource, skip: frozenset[str] = frozenset(),
                       on_step=None) -> None:
     """A release database in our layout, written into `mirror`, step by step (`RELEASE_STEPS`): the
     per-feature statistics, histograms and examples (its TOP strongest and QUANTILES more spread over a

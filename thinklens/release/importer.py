@@ -138,7 +138,7 @@ def _import_db(config: ImportR1Config, target: Path, d_sae: int, show_progress: 
                         checkpoint.remove()  # the pass's rows are committed: its checkpoint is spent
                     bar.advance(0, status=f"{step} done")
 
-                summarise_release(duck, out, ReleaseSource(
+                summarise_release(out, ReleaseSource(
                     duck.cursor(), Path(config.autointerp) if config.autointerp else None, CONTEXT_WINDOW, d_sae,
                     checkpoint, lambda n: bar.advance(n, tokens=n)), skip=done, on_step=finished)
             (tokens,) = duck.execute("SELECT count(*) FROM tokens").fetchone()

@@ -45,8 +45,8 @@ def scan_activations(cursor: Any, d_sae: int, config: IndexConfig, checkpoint: I
     cursor.execute(f"SELECT feature_id, sequence_id, token_idx, strength FROM activations OFFSET {int(done)}")
     reader = cursor.fetch_record_batch(BATCH_ROWS)
     for batch in reader:
-        features, sequence_ids, token_idx = (torch.from_numpy(batch.column(i).to_numpy(zero_copy_only=False, writable=True)).long() for i in range(3))
-        values = torch.from_numpy(batch.column(3).to_numpy(zero_copy_only=False, writable=True)).float()
+        features, sequence_ids, token_idx = (_column(batch, i).long() for i in range(3))
+        values = _column(batch, 3).float()
         stats.add(features, values, sequence_ids, token_idx, None, keys=hashed_keys(features, sequence_ids, token_idx))
         done += len(features)
         if checkpoint is not None:
@@ -56,6 +56,11 @@ def scan_activations(cursor: Any, d_sae: int, config: IndexConfig, checkpoint: I
     stats.top.finish()
     stats.reservoir.finish()
     return stats
+
+
+def _column(batch: Any, i: int) -> torch.Tensor:
+    """Column `i` of an Arrow record batch as a tensor (copied: Arrow's buffers are read-only)."""
+    return torch.from_numpy(batch.column(i).to_numpy(zero_copy_only=False, writable=True))
 
 
 def checkpoint_for(partial: Path, source: str, d_sae: int, every_seconds: float) -> IndexCheckpoint:

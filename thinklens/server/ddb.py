@@ -43,7 +43,7 @@ class ReleaseRun(ServedRun):
         self.ddb, self.autointerp_path = ddb, autointerp
         self._mirror = sqlite3.connect(":memory:", check_same_thread=False)
         (most,) = self.duck.execute("SELECT coalesce(max(feature_id), -1) + 1 FROM activations").fetchone()
-        summarise_release(self.duck, self._mirror, ReleaseSource(
+        summarise_release(self._mirror, ReleaseSource(
             self.duck.cursor(), Path(autointerp) if autointerp is not None else None, 0, int(most)))
         self._local = threading.local()
         self._search = _search_index(self._mirror)
